@@ -1,0 +1,3 @@
+from nanoforge.cli import main
+
+raise SystemExit(main())
