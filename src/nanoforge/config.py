@@ -93,6 +93,20 @@ class HardwareConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Where rank 0's metrics go besides stdout and JSONL (DESIGN.md, metrics/)."""
+
+    prometheus: str = "textfile"  # none | http | textfile | pushgateway; textfile works behind a login node
+    http_port: int = 0  # http mode; 0: pick a free port, written to <run_dir>/metrics/endpoint.json
+    http_addr: str = "127.0.0.1"  # http mode; 0.0.0.0 to be scraped from other nodes
+    textfile: str = ""  # textfile mode; "": <run_dir>/metrics/<stage>.prom
+    pushgateway_url: str = ""  # pushgateway mode, e.g. http://login1:9091
+    push_every_seconds: float = 10.0  # textfile/pushgateway: write at most this often (the last values always land)
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
+    tensorboard: bool = False  # also log TensorBoard events (needs `pip install tensorboard`)
+
+
+@dataclass
 class RunConfig:
     preset: str = "d20"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,6 +114,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,6 +278,15 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"model.window_pattern must be letters L/S (e.g. SSSL), got '{m.window_pattern}'")
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    mc = cfg.metrics
+    if mc.prometheus not in ("none", "http", "textfile", "pushgateway"):
+        raise UserError(f"metrics.prometheus must be none, http, textfile or pushgateway, got '{mc.prometheus}'")
+    if not 0 <= mc.http_port <= 65535:
+        raise UserError(f"metrics.http_port must be 0 (pick a free port) or a port number, got {mc.http_port}")
+    if mc.prometheus == "pushgateway" and not mc.pushgateway_url:
+        raise UserError("metrics.prometheus=pushgateway needs metrics.pushgateway_url=http://HOST:9091")
+    if mc.push_every_seconds < 0:
+        raise UserError(f"metrics.push_every_seconds must be >= 0, got {mc.push_every_seconds}")
     width, heads, kv_heads = model_shape(m)
     if heads % kv_heads:
         raise UserError(f"model.n_kv_head={kv_heads} must divide the number of heads ({heads})")
