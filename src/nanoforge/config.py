@@ -74,6 +74,7 @@ class DataConfig:
     data_dir: str = ""  # "": $NANOFORGE_HOME/data
     tokenizer_threads: int = 4
     num_shards: int = 0  # 0: as many as the token budget needs (staging)
+    mirror: str = ""  # base URL serving every staged asset (docs/data-layout.md); env NANOFORGE_MIRROR wins
 
 
 @dataclass
