@@ -13,6 +13,10 @@ from nanoforge.errors import UserError
 # One module per concern, each with `register(subparsers)`.
 COMMAND_MODULES = [
     "nanoforge.config_commands",
+    "nanoforge.train.commands",
+    "nanoforge.data.commands",
+    "nanoforge.tokenizer.commands",
+    "nanoforge.metrics.commands",
 ]
 
 

@@ -1,0 +1,90 @@
+"""One human line per logged step, for terminals and SLURM log files.
+
+    step 120/400 | loss 4.1234 | lr 2.0e-02 | grad 0.812 | 12,345 tok/s | MFU 12.3% | 210 ms/step | ...
+
+Fields keep a fixed width so consecutive lines line up; missing values are left out rather than faked.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+
+def format_duration(seconds: float) -> str:
+    """Compact ETA: 45s, 2m10s, 3h05m, 1d02h."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_bytes(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.0f} MB"
+
+
+def format_step(step: int, total_steps: int | None) -> str:
+    if total_steps:
+        return f"step {step:>{len(str(total_steps))}d}/{total_steps}"
+    return f"step {step}"
+
+
+def format_train_line(step: int, total_steps: int | None, values: dict[str, float]) -> str:
+    v = values
+    parts = [format_step(step, total_steps)]
+    if "loss" in v:
+        parts.append(f"loss {v['loss']:.4f}")
+    if "lr" in v:
+        parts.append(f"lr {v['lr']:.1e}")
+    if "grad_norm" in v:
+        parts.append(f"grad {v['grad_norm']:.3f}")
+    if "tokens_per_second" in v:
+        parts.append(f"{v['tokens_per_second']:>7,.0f} tok/s")
+    if "mfu" in v:
+        parts.append(f"MFU {100 * v['mfu']:4.1f}%")
+    if "step_seconds" in v:
+        parts.append(f"{1000 * v['step_seconds']:>4.0f} ms/step")
+    if "data_wait_seconds" in v:
+        parts.append(f"data {1000 * v['data_wait_seconds']:4.1f} ms")
+    if "memory_bytes" in v:
+        parts.append(f"mem {format_bytes(v['memory_bytes'])}")
+    if "eta_seconds" in v:
+        parts.append(f"ETA {format_duration(v['eta_seconds'])}")
+    if "cost_usd" in v:
+        parts.append(f"${v['cost_usd']:.2f}")
+    return " | ".join(parts)
+
+
+def format_eval_line(step: int, total_steps: int | None, values: dict[str, float]) -> str:
+    shown = " | ".join(f"{name} {value:.4f}" for name, value in values.items())
+    return f"{format_step(step, total_steps)} | eval | {shown}"
+
+
+class StdoutWriter:
+    def __init__(self, total_steps: int | None, stream=None):
+        self.total_steps = total_steps
+        self.stream = stream if stream is not None else sys.stdout
+
+    def _print(self, line: str) -> None:
+        # flush: SLURM redirects stdout to a file, where Python would otherwise buffer for minutes
+        print(line, file=self.stream, flush=True)
+
+    def train(self, step: int, values: dict[str, float], timestamp: float) -> None:
+        self._print(format_train_line(step, self.total_steps, values))
+
+    def eval(self, step: int, values: dict[str, float], timestamp: float) -> None:
+        self._print(format_eval_line(step, self.total_steps, values))
+
+    def text(self, step: int, name: str, text: str, timestamp: float) -> None:
+        self._print(f"{format_step(step, self.total_steps)} | {name}:\n{text}")
+
+    def close(self) -> None:
+        pass
