@@ -13,8 +13,6 @@ from nanoforge.errors import UserError
 # One module per concern, each with `register(subparsers)`.
 COMMAND_MODULES = [
     "nanoforge.config_commands",
-    "nanoforge.data.commands",
-    "nanoforge.tokenizer.commands",
     "nanoforge.train.commands",
     "nanoforge.data.commands",
     "nanoforge.tokenizer.commands",
