@@ -29,9 +29,8 @@ def register(subparsers) -> None:
 
 
 def run_config(args, create: bool):
-    """The run's config: <run_dir>/config.yaml when it exists (the source of truth), else built from
-    --preset/--config/--set. Returns (cfg, run_dir, is_new); a new config is not saved here."""
-    from nanoforge.cli import config_from_args
+    """(cfg, run_dir): <run_dir>/config.yaml when it exists (the source of truth, with --set applied on top as
+    the training stages do), else a new config from --preset/--config/--set (not saved here)."""
     from nanoforge.config import load_yaml, make_config
     from nanoforge.errors import UserError
 
@@ -39,21 +38,13 @@ def run_config(args, create: bool):
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; give a folder")
     config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        stored = load_yaml(config_path)
-        cfg = make_config(base=stored)
-        overrides = getattr(args, "overrides", None)
-        if getattr(args, "config", None) or overrides:
-            base = {**stored, **load_yaml(args.config)} if getattr(args, "config", None) else stored
-            if make_config(base=base, overrides=overrides) != cfg:
-                raise UserError(
-                    f"{config_path} already fixes this run's config and --config/--set would change it; "
-                    f"edit that file or use a new --run-dir"
-                )
-        return cfg, run_dir, False
     if not create:
-        raise UserError(f"{run_dir} has no config.yaml; start the run with `nanoforge tokenizer train --run-dir {run_dir}`")
-    return config_from_args(args), run_dir, True
+        if not config_path.is_file():
+            raise UserError(f"{run_dir} has no config.yaml; start the run with `nanoforge tokenizer train --run-dir {run_dir}`")
+        return make_config(base=load_yaml(config_path)), run_dir
+    from nanoforge.train.run import resolve_config  # the same rules as every training stage
+
+    return resolve_config(run_dir, args.preset, args.overrides, args.config), run_dir
 
 
 def capped_texts(texts: Iterable[str], max_chars: int, doc_cap: int) -> Iterator[str]:
@@ -75,21 +66,27 @@ def _train(args) -> int:
     from nanoforge.errors import UserError
     from nanoforge.tokenizer.bpe import MIN_VOCAB_SIZE, save_directory_atomic, train_tokenizer
 
-    cfg, run_dir, is_new = run_config(args, create=True)
+    cfg, run_dir = run_config(args, create=True)
     tokenizer_dir = run_dir / "tokenizer"
+    tc = cfg.tokenizer
     if (tokenizer_dir / DONE_FILE).is_file():
+        try:
+            trained = json.loads((tokenizer_dir / DONE_FILE).read_text()).get("vocab_size")
+        except (OSError, ValueError, AttributeError):
+            trained = None
+        if trained is not None and trained != tc.vocab_size:
+            raise UserError(f"{tokenizer_dir} holds a {trained}-token tokenizer but tokenizer.vocab_size is "
+                            f"{tc.vocab_size}; use a new --run-dir (or remove {tokenizer_dir} to retrain)")
         print(f"tokenizer already trained at {tokenizer_dir}; skipping (remove that folder to retrain)")
         return 0
-    tc = cfg.tokenizer
     if tc.vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"tokenizer.vocab_size must be >= {MIN_VOCAB_SIZE}, got {tc.vocab_size}")
     if tc.max_chars <= 0 or tc.doc_cap <= 0:
         raise UserError("tokenizer.max_chars and tokenizer.doc_cap must be positive")
     corpus_dir = cfg.data_dir() / "corpora" / cfg.data.corpus
     train_paths, _ = list_shards(corpus_dir)
-    if is_new:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
 
     stats = {"documents": 0, "chars": 0}
 
@@ -133,7 +130,7 @@ def _eval(args) -> int:
 
     if args.val_docs < 0:
         raise UserError(f"--val-docs must be >= 0, got {args.val_docs}")
-    cfg, run_dir, _ = run_config(args, create=False)
+    cfg, run_dir = run_config(args, create=False)
     tokenizer_dir = run_dir / "tokenizer"
     if not (tokenizer_dir / DONE_FILE).is_file():
         raise UserError(f"no trained tokenizer in {tokenizer_dir}; run `nanoforge tokenizer train --run-dir {run_dir}`")
@@ -147,7 +144,8 @@ def _eval(args) -> int:
             if len(val_texts) >= args.val_docs:
                 break
             val_texts.append(text)
-        named_texts[f"validation[{len(val_texts)}]"] = val_texts
+        named_texts["validation"] = val_texts
+        print(f"validation: the first {len(val_texts)} documents of {val_path}")
 
     ours = f"ours-{tokenizer.vocab_size}"
     encoders = {ours: tokenizer.encode, **reference_encoders()}
@@ -155,7 +153,12 @@ def _eval(args) -> int:
     print(format_table(results, list(encoders)))
     if len(encoders) == 1:
         print("note: no reference vocabularies (the bpe-openai package is missing); only this run's tokenizer")
-    report = {"vocab_size": tokenizer.vocab_size, "encoders": list(encoders), "results": results}
+    report = {
+        "vocab_size": tokenizer.vocab_size,
+        "encoders": list(encoders),
+        "validation_documents": len(named_texts.get("validation", [])),
+        "results": results,
+    }
     write_file_atomic(tokenizer_dir / EVAL_FILE, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {tokenizer_dir / EVAL_FILE}")
     return 0

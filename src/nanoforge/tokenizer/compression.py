@@ -8,6 +8,7 @@ shipped by the wheel (it would be downloaded), so it is not compared.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 REFERENCE_ENCODINGS = ("cl100k_base", "o200k_base")
@@ -79,16 +80,20 @@ def bytes_per_token(texts: Sequence[str], encode: Callable[[str], list[int]]) ->
 
 def reference_encoders() -> dict[str, Callable[[str], list[int]]]:
     """name -> encode function for each reference vocabulary the installed bpe-openai wheel carries."""
-    try:
-        import bpe_openai
-    except ImportError:
-        return {}
     encoders = {}
-    for name in REFERENCE_ENCODINGS:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # bpe-openai's use of legacy importlib.resources
         try:
-            encoders[name] = bpe_openai.get_encoding(name).encode_ordinary
-        except Exception:  # not shipped in this wheel version: it would try to download
-            continue
+            import bpe_openai
+        except ImportError:
+            return {}
+        for name in REFERENCE_ENCODINGS:
+            try:
+                encoding = bpe_openai.get_encoding(name)
+                encoding.encode_ordinary("warm up")  # load the vocabulary now, inside the filter
+            except Exception:  # not shipped in this wheel version: it would try to download
+                continue
+            encoders[name] = encoding.encode_ordinary
     return encoders
 
 
