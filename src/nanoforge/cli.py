@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "nanoforge.config_commands",
     "nanoforge.train.commands",
     "nanoforge.data.commands",
+    "nanoforge.data.staging_commands",
     "nanoforge.tokenizer.commands",
     "nanoforge.metrics.commands",
 ]
