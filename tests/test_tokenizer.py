@@ -198,6 +198,10 @@ def test_train_then_eval_on_the_demo_corpus(home, capsys):
 
 def test_train_refuses_a_vocab_size_that_disagrees_with_the_trained_one(home, capsys):
     assert main(["data", "build-demo", "--size-mb", "0.3"]) == 0
+    too_big = home / "too-big"
+    assert main(["tokenizer", "train", "--run-dir", str(too_big), "--set", "tokenizer.vocab_size=200000"]) == 2
+    assert "train on more text" in capsys.readouterr().err
+    assert not too_big.exists()  # a failed training leaves no run folder behind
     run_dir = home / "run"
     assert main(["tokenizer", "train", "--run-dir", str(run_dir), "--set", "tokenizer.vocab_size=300"]) == 0
     capsys.readouterr()

@@ -85,8 +85,6 @@ def _train(args) -> int:
         raise UserError("tokenizer.max_chars and tokenizer.doc_cap must be positive")
     corpus_dir = cfg.data_dir() / "corpora" / cfg.data.corpus
     train_paths, _ = list_shards(corpus_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
 
     stats = {"documents": 0, "chars": 0}
 
@@ -111,6 +109,8 @@ def _train(args) -> int:
         "chars": stats["chars"],
         "seconds": round(seconds, 3),
     }
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed training leaves no run folder behind
+    save_config(cfg, run_dir / "config.yaml")
     save_directory_atomic(
         tokenizer, tokenizer_dir, extra_files={DONE_FILE: (json.dumps(summary, indent=2) + "\n").encode()}
     )
