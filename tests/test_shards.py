@@ -65,7 +65,7 @@ def test_list_shards_splits_off_the_last_shard_for_validation(tmp_path):
 def test_list_shards_names_the_command_that_creates_a_missing_corpus(tmp_path):
     with pytest.raises(UserError, match="does not exist; build it with `nanoforge data build-demo`"):
         list_shards(tmp_path / "corpora" / "demo")
-    with pytest.raises(UserError, match="fab stage-data"):
+    with pytest.raises(UserError, match="nanoforge stage --run-dir"):
         list_shards(tmp_path / "corpora" / "fineweb-edu")
     one = tmp_path / "demo"
     write_shards(_docs(5), one, docs_per_shard=10)

@@ -90,7 +90,7 @@ def write_shards(
 def _create_hint(corpus_dir: Path) -> str:
     if corpus_dir.name == "demo":
         return "build it with `nanoforge data build-demo`"
-    return "stage it with `fab stage-data` (or use --preset demo with `nanoforge data build-demo`)"
+    return "download it with `nanoforge stage --run-dir <run dir>` (on a node with internet)"
 
 
 def list_shards(corpus_dir: str | os.PathLike) -> tuple[list[Path], Path]:
