@@ -27,7 +27,8 @@ def _training_texts() -> list[str]:
     from pydoc_data.topics import topics
 
     extra = [
-        "Le café est très bon. Das Wetter ist schön. Мы идём домой. 東京は大きい都市です。 서울에 갑니다. 🙂🚀",
+        "Le café est très bon. Das Wetter ist schön. Мы идём домой. "
+        "東京は大きい都市です。 서울에 갑니다. 🙂🚀",
         "numbers 12345 3.14159 2026-11-21 0xFF 1e-9",
     ] * 20
     return [topics[key] for key in sorted(topics)] + extra

@@ -40,7 +40,9 @@ def run_config(args, create: bool):
     config_path = run_dir / "config.yaml"
     if not create:
         if not config_path.is_file():
-            raise UserError(f"{run_dir} has no config.yaml; start the run with `nanoforge tokenizer train --run-dir {run_dir}`")
+            raise UserError(
+                f"{run_dir} has no config.yaml; start the run with `nanoforge tokenizer train --run-dir {run_dir}`"
+            )
         return make_config(base=load_yaml(config_path)), run_dir
     from nanoforge.train.run import resolve_config  # the same rules as every training stage
 
