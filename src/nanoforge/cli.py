@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "nanoforge.data.staging_commands",
     "nanoforge.tokenizer.commands",
     "nanoforge.metrics.commands",
+    "nanoforge.cluster.container_commands",
+    "nanoforge.cluster.commands",
 ]
 
 
