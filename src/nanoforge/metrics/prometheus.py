@@ -111,6 +111,8 @@ class PrometheusExporter:
             if key in self._gauges:
                 self._child(key, self._gauges[key]).set(value)
         self._child("step", self._step).set(step)
+        if values.get("total_steps"):
+            self.total_steps = int(values["total_steps"])
         if self.total_steps:
             self._child("total_steps", self._total_steps).set(self.total_steps)
         self._child("last_step_time", self._last_step_time).set(timestamp)

@@ -78,6 +78,8 @@ class StdoutWriter:
         print(line, file=self.stream, flush=True)
 
     def train(self, step: int, values: dict[str, float], timestamp: float) -> None:
+        if values.get("total_steps"):  # the loop knows the stage's real length better than the config does
+            self.total_steps = int(values["total_steps"])
         self._print(format_train_line(step, self.total_steps, values))
 
     def eval(self, step: int, values: dict[str, float], timestamp: float) -> None:
