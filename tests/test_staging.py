@@ -298,7 +298,8 @@ def test_zip_is_unpacked_into_place_and_again_when_the_folder_is_gone(tmp_path):
         stage([asset], data, progress=False)
         assert (data / "eval_bundle" / "core.yaml").is_file()
         assert len(server.requests) == 1  # the verified zip was reused
-        assert sorted(p.name for p in data.iterdir()) == ["eval_bundle", "eval_bundle.zip", LOCK_NAME]
+        visible = sorted(p.name for p in data.iterdir() if not p.name.startswith("."))
+        assert visible == ["eval_bundle", "eval_bundle.zip", LOCK_NAME]  # no temp folders left
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,3 +401,13 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_stager_on_the_same_data_dir_is_refused(tmp_path):
+    from nanoforge.data.staging import _exclusive
+
+    (tmp_path / "data").mkdir()
+    with _exclusive(tmp_path / "data"):
+        with pytest.raises(StagingError, match=f"another `nanoforge stage` \\(pid {os.getpid()}\\)"):
+            Stager(tmp_path / "data", progress=False).run([])
+    assert Stager(tmp_path / "data", progress=False).run([]).failed == []

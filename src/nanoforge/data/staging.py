@@ -14,6 +14,8 @@ Guarantees, because compute nodes have no internet and a bad file found there co
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import ipaddress
@@ -22,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import threading
 import time
 import urllib.error
@@ -86,6 +89,27 @@ class StagingLock:
             tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps({"version": 1, "files": dict(sorted(self.files.items()))}, indent=1) + "\n")
             os.replace(tmp, self.path)
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path):
+    """One `nanoforge stage` per data dir at a time: two would write the same .part files."""
+    path = data_dir / ".staging.running"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise StagingError(f"another `nanoforge stage` (pid {handle.read().strip() or '?'}) is staging into "
+                               f"{data_dir}; wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,6 +267,9 @@ class Stager:
                 mode = "wb"
             else:
                 raise _Fatal(f"unexpected HTTP {status} for {url}")
+            if not dl.total_counted and dl.total is not None:
+                self._grow_total(dl.total)
+                dl.total_counted = True
             with open(dl.part, mode) as out:
                 try:
                     while True:
@@ -291,10 +318,6 @@ class Stager:
                 self._note(f"retry {asset.dest}: {exc}; again in {delay:.1f}s")
                 if self.stop.wait(delay):
                     raise KeyboardInterrupt from None
-            finally:
-                if not dl.total_counted and dl.total is not None:
-                    self._grow_total(dl.total)
-                    dl.total_counted = True
 
     def _unpack(self, asset: Asset, archive: Path, archive_sha: str) -> None:
         dest = self.data_dir / asset.dest
@@ -374,6 +397,10 @@ class Stager:
     # -- many files -------------------------------------------------------------------------------------------
     def run(self, assets: list[Asset]) -> "StagingSummary":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.data_dir):
+            return self._run(assets)
+
+    def _run(self, assets: list[Asset]) -> "StagingSummary":
         start = time.perf_counter()
         fetched, present, failed = [], [], []
         known_total = 0  # sizes get added as they become known
@@ -381,7 +408,8 @@ class Stager:
             from tqdm import tqdm
 
             self._bar = tqdm(total=known_total, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=f"staging {len(assets)} files", mininterval=0.5, dynamic_ncols=True)
+                             desc=f"staging {len(assets)} files", dynamic_ncols=True,
+                             mininterval=0.5 if sys.stderr.isatty() else 30)  # a batch log gets a line per 30 s
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stage")
         try:
             futures = {pool.submit(self.stage_one, asset): asset for asset in assets}
@@ -389,9 +417,10 @@ class Stager:
                 asset = futures[future]
                 try:
                     (fetched if future.result() == "fetched" else present).append(asset)
-                except _Fatal as exc:
-                    failed.append((asset, str(exc)))
-                    self._note(f"FAILED {asset.download_path}: {exc}")
+                except (_Fatal, OSError) as exc:  # OSError: the local side (disk full, permissions)
+                    why = str(exc) if isinstance(exc, _Fatal) else f"{type(exc).__name__}: {exc}"
+                    failed.append((asset, why))
+                    self._note(f"FAILED {asset.download_path}: {why}")
         except KeyboardInterrupt:
             self.stop.set()
             raise

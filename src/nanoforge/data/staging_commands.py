@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -86,7 +87,11 @@ def _stage(args) -> int:
         return 0
     print(f"staging {len(assets)} file(s) for stages {','.join(stages)} into {data_dir} with {args.jobs} jobs",
           flush=True)
-    summary = Stager(data_dir, jobs=args.jobs, retries=args.retries, progress=not args.no_progress).run(assets)
+    try:
+        summary = Stager(data_dir, jobs=args.jobs, retries=args.retries, progress=not args.no_progress).run(assets)
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept and .part files resume on the next run", file=sys.stderr)
+        raise
     print(summary.format())
     if summary.failed:
         lines = "\n".join(f"  {a.download_path}: {why}" for a, why in summary.failed)
