@@ -359,6 +359,19 @@ def test_record_image_writes_sha256_and_json_next_to_the_image(tmp_path):
         "git_sha": "abc123", "build_date": "2026-11-21T22:05:00Z", "builder": "apptainer"}
 
 
+def test_image_record_is_read_back_for_provenance_only_while_it_matches(tmp_path):
+    sif = tmp_path / "nanoforge.sif"
+    sif.write_bytes(b"x" * 100)
+    assert container.read_image_record(sif) is None  # never recorded
+    plan = container.BuildPlan(argv=["apptainer"], env={}, def_file=tmp_path / "other.def", sif=sif,
+                               git_sha="abc", build_date="2026-11-21T22:05:00Z")
+    record = container.record_image(plan, REPO)
+    assert record["def_file"] == str(tmp_path / "other.def")  # outside the repository: kept as given
+    assert container.read_image_record(sif) == record
+    sif.write_bytes(b"y" * 101)  # rebuilt without a new record
+    assert container.read_image_record(sif) is None
+
+
 def test_build_without_apptainer_exits_2_with_one_line(tmp_path):
     path_without_apptainer = ":".join(p for p in os.environ["PATH"].split(":")
                                       if not any(Path(p, b).exists() for b in ("apptainer", "singularity")))

@@ -140,6 +140,21 @@ def record_image(plan: BuildPlan, repo: Path) -> dict:
     return record
 
 
+def read_image_record(sif: str | Path) -> dict | None:
+    """The build record of an image for a run's provenance, without hashing gigabytes per job.
+
+    None when there is no <sif>.json or it no longer describes the file (size changed: rebuilt or copied over
+    without its record); then provenance should say the image is unrecorded rather than guess.
+    """
+    sif = Path(sif)
+    try:
+        record = json.loads(sif.with_name(sif.name + ".json").read_text())
+        size = sif.stat().st_size
+    except (OSError, ValueError):
+        return None
+    return record if record.get("size_bytes") == size else None
+
+
 def run_build(plan: BuildPlan, repo: Path) -> dict:
     """Run the build from the repository root (the definitions' %files paths are relative to it)."""
     if plan.sif.exists() and "--force" not in plan.argv:

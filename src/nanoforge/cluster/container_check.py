@@ -387,13 +387,19 @@ def check_definition(path: Path, *, context: Path, pyproject: Path, commands: se
     return problems
 
 
-def summarize(path: Path) -> str:
-    """One OK line: base image, torch pin and apps."""
+def summarize(path: Path, context: Path) -> str:
+    """One OK line: base image, torch pin, apps and how much shell code was checked."""
+    from spython.main.parse.parsers import SingularityParser
+
     raw = path.read_text()
     text, _ = render_template(raw, parse_arguments(raw))
     definition = parse_definition(text)
     post = definition.section("post")
     torch = re.findall(r"\btorch==(\S+)", post.body if post else "")
     shell = sum(1 for s in definition.sections if s.name in SHELL_SECTIONS and s.body.strip())
+    scripts = 0
+    for source, _ in _files(next(iter(SingularityParser(str(path)).recipe.values())).files):
+        host = context / source
+        scripts += len(list(host.rglob("*.sh"))) if host.is_dir() else int(host.suffix == ".sh")
     return (f"{path}: OK (From {definition.header.get('from')}, torch {torch[0] if torch else '?'}, "
-            f"apps {', '.join(sorted(definition.apps()))}, {shell} shell sections shellchecked)")
+            f"apps {', '.join(sorted(definition.apps()))}; shellcheck clean: {shell} sections, {scripts} scripts)")

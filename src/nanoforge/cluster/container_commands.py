@@ -92,7 +92,7 @@ def _check(args) -> int:
         found = check_definition(path, context=repo, pyproject=repo / "pyproject.toml", commands=commands)
         problems += found
         if not found:
-            print(summarize(path))
+            print(summarize(path, repo))
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
