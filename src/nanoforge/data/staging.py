@@ -315,7 +315,7 @@ class Stager:
                 if failures > self.retries:
                     raise _Fatal(f"{exc} (gave up after {self.retries} retries)") from None
                 delay = min(30.0, self.backoff * 2 ** max(failures - 1, 0)) * (1 + 0.25 * random.random())
-                self._note(f"retry {asset.dest}: {exc}; again in {delay:.1f}s")
+                self._note(f"retry {asset.download_path}: {exc}; again in {delay:.1f}s")
                 if self.stop.wait(delay):
                     raise KeyboardInterrupt from None
 
