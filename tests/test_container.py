@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,35 @@ def test_checker_names_an_app_command_the_cli_does_not_have(tmp_path):
     problems = _new_problems(tmp_path, DEFS[1], lambda t: t.replace("exec nanoforge base", "exec nanoforge bsae"))
     assert len(problems) == 1
     assert problems.pop().startswith(f"{copy}: %apprun train: `nanoforge bsae` is not a nanoforge command")
+
+
+def test_checker_shellchecks_the_shared_scripts_the_image_copies_in(tmp_path):
+    context = tmp_path / "repo"
+    shutil.copytree(REPO / "containers", context / "containers")
+    for name in ("pyproject.toml", "src"):
+        (context / name).symlink_to(REPO / name)
+    (context / "README.md").write_text("nanoforge\n")
+    script = context / "containers/common/install-rust.sh"
+    lines = script.read_text().splitlines()
+    lines.insert(10, "cd $RUST_HOME")
+    script.write_text("\n".join(lines) + "\n")
+    problems = check_definition(context / "containers/cpu.def", context=context, pyproject=REPO / "pyproject.toml",
+                                commands=set(APP_COMMANDS.values()))
+    assert problems == [f"{context / 'containers/cpu.def'}: containers/common/install-rust.sh line 11 (copied by "
+                        "%files): shellcheck SC2086 (info): Double quote to prevent globbing and word splitting.; "
+                        "fix the shell code"]
+
+
+def test_checker_names_a_template_variable_without_default_and_an_unprovided_sourced_file(tmp_path):
+    copy = tmp_path / "Apptainer.def"
+    problems = _new_problems(tmp_path, DEFS[0], lambda t: t.replace("    GIT_SHA=unknown\n", "").replace(
+        ". /opt/nanoforge/containers/common/environment.sh", ". /opt/site/env.sh"))
+    assert f"{copy}: %arguments: template variable {{{{ GIT_SHA }}}} has no default; add `GIT_SHA=<default>` to " \
+           "%arguments (builds without --build-arg need it)" in problems
+    assert f"{copy}: %environment: sources /opt/site/env.sh, which no %files entry provides; copy it in with " \
+           "%files or set the variables inline" in problems
+    assert f"{copy}: %environment: does not export NANOFORGE_HOME; export NANOFORGE_HOME (see " \
+           "containers/common/environment.sh)" in problems
 
 
 def test_check_command_exits_2_with_one_line_per_problem(tmp_path):

@@ -50,15 +50,15 @@ fi
 
 mkdir -p "$BUILD_INFO"
 "$VENV/bin/python" - "$wheel" "$BUILD_INFO/rustbpe.json" "$(rustc --version)" <<'PY'
-import hashlib, json, sys
+import hashlib, json, os, sys
 from importlib import metadata
 from pathlib import Path
 
-wheel, record_path, rustc = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+wheel, record_path, rustc = Path(os.path.abspath(sys.argv[1])), Path(sys.argv[2]), sys.argv[3]
 dist = metadata.distribution("rustbpe")
 direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
 wheel_sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
-if direct_url.get("url") != wheel.resolve().as_uri():
+if direct_url.get("url") != wheel.as_uri():
     sys.exit(f"build-rustbpe.sh: installed rustbpe came from {direct_url.get('url')!r}, not the local build {wheel}")
 if direct_url.get("archive_info", {}).get("hashes", {}).get("sha256") != wheel_sha256:
     sys.exit("build-rustbpe.sh: installed rustbpe's archive hash differs from the locally built wheel")
