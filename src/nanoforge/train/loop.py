@@ -100,6 +100,12 @@ def _grad_norm(params) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
+@torch.no_grad()
+def replica_fingerprint(model) -> list[float]:
+    """Per-parameter sums in float64: equal on every rank exactly when the replicas are (practically) identical."""
+    return [float(p.double().sum()) + float(p.double().square().sum()) for p in model.parameters()]
+
+
 def run_stage(ctx: RunContext, stage: Stage) -> int:
     d, cfg, tc = ctx.dist, ctx.cfg, ctx.cfg.train
     if ckpt.is_done(ctx.run_dir, stage.name):
@@ -142,6 +148,9 @@ def run_stage(ctx: RunContext, stage: Stage) -> int:
     steps_this_session = 0
 
     def save(at_step: int) -> Path | None:
+        fingerprints = gather_objects(d, replica_fingerprint(model))
+        if any(f != fingerprints[0] for f in fingerprints):
+            raise RuntimeError("model replicas diverged across ranks; refusing to save an inconsistent checkpoint")
         rng = gather_objects(d, _rng_state(d.device))
         loader = gather_objects(d, batches.state_dict())
         merged = {"slots": {k: v for part in loader for k, v in part.get("slots", {}).items()}}
@@ -154,6 +163,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> int:
                 "elapsed_seconds": elapsed_before + time.time() - start_time,
                 "restarts": restarts,
                 "world_size": d.world_size,
+                "replicas_identical": len(fingerprints),
                 "config": cfg.to_dict(),
             }
             files = {

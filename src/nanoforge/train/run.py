@@ -30,16 +30,21 @@ def resolve_config(run_dir: Path, preset: str | None, overrides: list[str], conf
 
 
 def open_run(args) -> RunContext:
-    """Rank 0 writes config.yaml; the others wait for it so every rank trains the same config."""
+    """Resolve the config for this world size; nothing is written until `commit_run` (bad input leaves no trace)."""
     run_dir = Path(args.run_dir).resolve()
-    d = init_distributed()
     cfg = resolve_config(run_dir, args.preset, args.overrides, getattr(args, "config", None))
+    d = init_distributed()
     plan = derive_plan(cfg, d.world_size)
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    barrier(d)
     return RunContext(run_dir=run_dir, cfg=cfg, plan=plan, dist=d)
+
+
+def commit_run(ctx: RunContext, stage: str) -> None:
+    """Rank 0 writes config.yaml and provenance; the others wait so every rank trains the same config."""
+    if ctx.dist.is_main:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(ctx.cfg, ctx.run_dir / "config.yaml")
+        record_provenance(ctx, stage)
+    barrier(ctx.dist)
 
 
 def _git_sha() -> str:
@@ -53,8 +58,6 @@ def _git_sha() -> str:
 
 def record_provenance(ctx: RunContext, stage: str) -> None:
     """provenance.json: what produced this run, per stage (git SHA, image digest, versions, world size, job ids)."""
-    if not ctx.dist.is_main:
-        return
     import numpy
     import torch
 
