@@ -11,6 +11,7 @@ from nanoforge.data.shards import list_shards
 from nanoforge.errors import UserError
 from nanoforge.eval.bpb import bits_per_byte
 from nanoforge.model.gpt import GPT, GPTConfig
+from nanoforge.model.load import load_tokenizer
 from nanoforge.train.loop import RunContext, Stage
 
 SAMPLE_PROMPTS = [
@@ -22,12 +23,7 @@ SAMPLE_PROMPTS = [
 
 
 def load_run_tokenizer(ctx: RunContext):
-    from nanoforge.tokenizer.bpe import Tokenizer
-
-    tok_dir = ctx.run_dir / "tokenizer"
-    if not (tok_dir / "DONE").exists():
-        raise UserError(f"no trained tokenizer in {tok_dir}; run: nanoforge tokenizer train --run-dir {ctx.run_dir}")
-    tok = Tokenizer.load(tok_dir)
+    tok = load_tokenizer(ctx.run_dir)
     if tok.vocab_size > ctx.cfg.model.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size is {ctx.cfg.model.vocab_size}; "
                         f"set model.vocab_size >= {tok.vocab_size}")
