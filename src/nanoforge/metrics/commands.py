@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=9400, help="port to listen on (default 9400; 0 picks one)")
     serve.add_argument("--file-sd", metavar="PATH",
                        help="also keep a Prometheus file_sd target list of runs serving over HTTP at PATH")
+    serve.add_argument("--file-sd-every", type=float, default=10.0, metavar="SECONDS",
+                       help="how often to rewrite the --file-sd list (default 10)")
     serve.set_defaults(handler=_serve)
 
 
@@ -27,6 +29,8 @@ def _serve(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
+    if args.file_sd_every <= 0:
+        raise UserError(f"--file-sd-every must be positive, got {args.file_sd_every}")
     stop = threading.Event()
     # SIGTERM (fab, systemd, scancel) ends the loop the same way Ctrl-C does: socket closed, exit 0
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -35,7 +39,8 @@ def _serve(args) -> int:
         print(f"serving metrics of runs under {args.runs} at http://{args.host}:{port}/metrics", flush=True)
 
     try:
-        serve(args.runs, args.host, args.port, file_sd=args.file_sd, stop=stop, ready=ready)
+        serve(args.runs, args.host, args.port, file_sd=args.file_sd, file_sd_every=args.file_sd_every,
+              stop=stop, ready=ready)
     except KeyboardInterrupt:
         pass
     return 0
