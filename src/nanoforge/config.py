@@ -108,6 +108,44 @@ class MetricsConfig:
 
 
 @dataclass
+class ChatStageConfig:
+    """One chat stage (mid or sft): its task mixture and how it trains. Mixtures are comma-separated
+    `task[:count]` entries (tasks in nanoforge.data.chat_tasks; count = how many of the task's examples, cycling
+    over a downloaded dataset, and the number generated for a generated task; no count: the whole dataset)."""
+
+    train_tasks: str = ""
+    val_tasks: str = ""
+    packing: str = "dense"  # dense: conversations packed into full rows (like pretraining) | pad: one per row
+    num_iterations: int = 0  # 0: about one pass over train_tasks
+    lr_scale: float = 1.0  # multiplies every train.*_lr
+    device_batch_size: int = 0  # 0: train.device_batch_size
+    total_batch_size: int = 0  # tokens per step; 0: train.total_batch_size (or its derived value)
+    warmdown_ratio: float = 0.2  # fraction of steps at the end with the learning rate falling linearly to 0
+    eval_every: int = 100
+    eval_tokens: int = 1_048_576
+    save_every: int = 200
+
+
+@dataclass
+class ChatConfig:
+    """Midtraining and SFT (nanochat's mixtures), and who the model says it is (the identity task's template)."""
+
+    identity_name: str = "nanoforge"
+    identity_creator: str = "the nanoforge authors"
+    identity_description: str = ("a small ChatGPT-style language model trained from scratch, from the tokenizer "
+                                 "to the chat fine-tuning, on a few GPUs")
+    mid: ChatStageConfig = field(default_factory=lambda: ChatStageConfig(
+        train_tasks="smoltalk,mmlu,gsm8k,identity:2000,spelling:280000,arithmetic:20000",
+        val_tasks="smoltalk,mmlu:5200,gsm8k:420",
+        packing="dense", num_iterations=0, lr_scale=1.0, warmdown_ratio=0.2))
+    sft: ChatStageConfig = field(default_factory=lambda: ChatStageConfig(
+        train_tasks="arc-easy,arc-challenge,gsm8k,smoltalk:10000,identity:1000,spelling:600,arithmetic:600",
+        val_tasks="smoltalk",
+        packing="pad", num_iterations=0, lr_scale=0.02, device_batch_size=4, total_batch_size=0,
+        warmdown_ratio=1.0))
+
+
+@dataclass
 class RunConfig:
     preset: str = "d20"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,6 +154,7 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +186,15 @@ PRESETS: dict[str, dict] = {
         "data": {"corpus": "demo", "tokenizer_threads": 1},
         "tokenizer": {"vocab_size": 4096, "max_chars": 20_000_000, "doc_cap": 10_000},
         "hardware": {"gpu": "cpu", "gpus_per_node": 1, "price_per_gpu_hour": 0.0},
+        "chat": {  # generated tasks only: the demo downloads nothing
+            "mid": {"train_tasks": "identity:500,spelling:4000,arithmetic:4000",
+                    "val_tasks": "identity:40,spelling:200,arithmetic:200",
+                    "num_iterations": 100, "eval_every": 50, "eval_tokens": 32768, "save_every": 50},
+            "sft": {"train_tasks": "identity:300,spelling:1000,arithmetic:1000",
+                    "val_tasks": "identity:40,spelling:200,arithmetic:200",
+                    "num_iterations": 60, "device_batch_size": 8, "total_batch_size": 4096,
+                    "eval_every": 30, "eval_tokens": 32768, "save_every": 30},
+        },
     },
     "d20": {
         "model": {"depth": 20},
@@ -279,6 +327,12 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"model.window_pattern must be letters L/S (e.g. SSSL), got '{m.window_pattern}'")
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for name in ("mid", "sft"):
+        chat_stage = getattr(cfg.chat, name)
+        if chat_stage.packing not in ("dense", "pad"):
+            raise UserError(f"chat.{name}.packing must be 'dense' or 'pad', got '{chat_stage.packing}'")
+        if chat_stage.lr_scale <= 0 or chat_stage.num_iterations < 0 or chat_stage.device_batch_size < 0:
+            raise UserError(f"chat.{name}: lr_scale must be > 0, num_iterations and device_batch_size >= 0")
     mc = cfg.metrics
     if mc.prometheus not in ("none", "http", "textfile", "pushgateway"):
         raise UserError(f"metrics.prometheus must be none, http, textfile or pushgateway, got '{mc.prometheus}'")
