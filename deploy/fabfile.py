@@ -179,15 +179,19 @@ def build_image(c, profile="", run="", force=False):
     _run(conn, f"cd {shlex.quote(prof.scratch + '/code')} && {_on_host(prof, argv)}")
 
 
-@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, **CONFIG_HELP, "jobs": "parallel downloads (default 8)"})
-def stage_data(c, profile="", run="", preset="", overrides="", jobs=8):
+STAGES_HELP = "comma-separated subset of tokenizer,base,mid,sft,eval,report (default: all)"
+
+
+@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, **CONFIG_HELP, "jobs": "parallel downloads (default 8)",
+            "stages": "only what these stages read: " + STAGES_HELP})
+def stage_data(c, profile="", run="", preset="", overrides="", jobs=8, stages=""):
     """Download every asset the run needs on the devel node (creates the run's config.yaml on first use)."""
     prof = _profile(profile)
     name = _run_name(run)
     conn = _connect(c, prof, "devel")
     run_dir = str(prof.run_dir(name))
     argv = ["nanoforge", "stage", "--run-dir", run_dir, *_config_args(preset, overrides), "--jobs", str(jobs),
-            "--no-progress"]
+            "--no-progress"] + (["--stages", stages] if stages else [])
     result = _run(conn, _in_runtime(prof, argv))
     # Corpora built from local text (the demo) are not downloaded: build them here, where staging happens.
     match = re.search(r"built locally: (nanoforge [^)\n]+)", result.stdout)
@@ -196,7 +200,7 @@ def stage_data(c, profile="", run="", preset="", overrides="", jobs=8):
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, **CONFIG_HELP,
-            "stages": "comma-separated subset of tokenizer,base,mid,sft,eval,report",
+            "stages": STAGES_HELP,
             "nodes": "nodes for the GPU stages (default 1)", "dry_run": "print the batch scripts, submit nothing"})
 def submit_run(c, profile="", run="", preset="", overrides="", stages="", nodes=1, dry_run=False):
     """On the login node: preflight (offline asset check), then queue the stages as an afterok chain."""
@@ -204,15 +208,13 @@ def submit_run(c, profile="", run="", preset="", overrides="", stages="", nodes=
     name = _run_name(run)
     conn = _connect(c, prof, "login")
     remote_profile = _upload_profile(conn, prof)
-    run_dir = str(prof.run_dir(name))
     config = _config_args(preset, overrides)
-    _run(conn, _in_runtime(prof, ["nanoforge", "preflight", "--run-dir", run_dir, *config]))
     argv = ["nanoforge", "submit", "--profile", remote_profile, "--run-name", name, *config, "--nodes", str(nodes)]
     if stages:
         argv += ["--stages", stages]
-    if dry_run:
-        argv.append("--dry-run")
-    _run(conn, _on_host(prof, argv))
+    # Preflight in the container (where the stages will load the assets), then sbatch on the host.
+    _run(conn, _in_runtime(prof, argv + ["--preflight-only"]))
+    _run(conn, _on_host(prof, argv + (["--dry-run"] if dry_run else [])))
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "json": "print the status as JSON"})

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     submit.add_argument("--dry-run", action="store_true", help="print the batch scripts; write and submit nothing")
     submit.add_argument("--no-preflight", action="store_true",
                         help="leave the offline asset check out of the job scripts")
+    submit.add_argument("--preflight-only", action="store_true",
+                        help="check offline that every asset the submitted stages read from outside the chain is "
+                             "there (exit 3 listing what is missing); submit nothing (`fab submit-run` runs this "
+                             "in the container first)")
     submit.set_defaults(handler=_submit)
 
     runs = subparsers.add_parser("runs", help="a submitted run's jobs: status, logs, cancel")
@@ -95,6 +99,9 @@ def _submit(args) -> int:
     jobs, skipped = plan_jobs(profile, cfg, args.run_name, run_dir, stages, args.nodes,
                               preflight=not args.no_preflight)
     print_warnings(jobs)
+    if args.preflight_only:
+        print(preflight_chain(cfg, run_dir, [job.stage for job in jobs]))
+        return 0
     if args.dry_run:
         for number, job in enumerate(jobs, 1):
             print(f"# ===== {job.stage} (job {number} of {len(jobs)}) =====")
@@ -115,6 +122,29 @@ def _submit(args) -> int:
     if skipped:
         print(f"  skipped (DONE): {', '.join(skipped)}")
     return 0
+
+
+def preflight_chain(cfg, run_dir: Path, stages: list[str]) -> str:
+    """Preflight for a chain of stages: what each reads, except what an earlier stage of the same chain makes
+    (base reads the tokenizer that the tokenizer job will train). Raises PreflightError (exit 3) on a gap."""
+    import time
+
+    from nanoforge.data.preflight import PreflightReport, check_requirement, network_disabled, stage_requirements
+    from nanoforge.errors import PreflightError
+
+    start = time.perf_counter()
+    requirements = {}
+    with network_disabled():
+        for position, stage in enumerate(stages):
+            for req in stage_requirements(cfg, run_dir, stage):
+                if req.kind == "tokenizer" and "tokenizer" in stages[:position]:
+                    continue
+                requirements.setdefault(str(req.path), req)
+        problems = [p for p in map(check_requirement, requirements.values()) if p is not None]
+    report = PreflightReport(list(requirements.values()), problems, time.perf_counter() - start)
+    if not report.ok:
+        raise PreflightError(report.format())
+    return report.format() + f" (stages {','.join(stages) or 'none'})"
 
 
 # --- status ----------------------------------------------------------------------------------------------------
