@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "nanoforge.metrics.commands",
     "nanoforge.cluster.container_commands",
     "nanoforge.cluster.commands",
+    "nanoforge.eval.commands",
 ]
 
 
