@@ -141,7 +141,7 @@ class ChatConfig:
     sft: ChatStageConfig = field(default_factory=lambda: ChatStageConfig(
         train_tasks="arc-easy,arc-challenge,gsm8k,smoltalk:10000,identity:1000,spelling:600,arithmetic:600",
         val_tasks="smoltalk",
-        packing="pad", num_iterations=0, lr_scale=0.02, device_batch_size=4, total_batch_size=0,
+        packing="pad", num_iterations=0, lr_scale=0.02, device_batch_size=4, total_batch_size=65536,
         warmdown_ratio=1.0))
 
 

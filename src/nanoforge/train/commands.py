@@ -7,6 +7,8 @@ import argparse
 
 STAGES = {
     "base": ("pretrain the base model on the corpus shards", "nanoforge.train.base:base_stage"),
+    "mid": ("midtrain the base model on chat conversations and tool use", "nanoforge.train.mid:mid_stage"),
+    "sft": ("fine-tune the midtrained model on whole conversations", "nanoforge.train.sft:sft_stage"),
 }
 
 

@@ -56,6 +56,9 @@ class Stage:
     evaluate: Callable[[RunContext, torch.nn.Module], dict[str, float]] | None = None
     sample: Callable[[RunContext, torch.nn.Module], dict[str, str]] | None = None
     extra_done: dict = field(default_factory=dict)
+    # A stage's own view of the run (mid/sft train with their own batch size, learning rates and schedule); the
+    # loop then runs under it. None: the run's context as opened.
+    context: RunContext | None = None
 
 
 class StopRequest:
@@ -107,6 +110,7 @@ def replica_fingerprint(model) -> list[float]:
 
 
 def run_stage(ctx: RunContext, stage: Stage) -> int:
+    ctx = stage.context or ctx
     d, cfg, tc = ctx.dist, ctx.cfg, ctx.cfg.train
     if ckpt.is_done(ctx.run_dir, stage.name):
         ctx.log(f"stage {stage.name} is already done ({ckpt.stage_dir(ctx.run_dir, stage.name) / ckpt.DONE}); skipping")
