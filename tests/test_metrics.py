@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import missing_infrastructure
+
 from nanoforge.config import make_config
 from nanoforge.errors import UserError
 from nanoforge.metrics.jsonl import read_events
@@ -37,10 +39,7 @@ TRAIN_VALUES = {
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed: apt-get install -y --no-install-recommends prometheus"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_infrastructure(f"{name} (apt-get install -y --no-install-recommends prometheus)")
     return path
 
 

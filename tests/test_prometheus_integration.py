@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,15 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from local_cluster import local_cluster  # noqa: F401  (fixture)
 from test_metrics import REPO, require_binary
 
-# A demo run shrunk so a step takes well under a second on a busy 2-core machine; metrics are what is tested.
-FAST_DEMO = [
-    "--set", "model.depth=2", "--set", "model.sequence_len=128",
-    "--set", "train.device_batch_size=2", "--set", "train.total_batch_size=256",
-    "--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", "train.sample_every=0",
-    "--set", "train.eval_tokens=2048", "--set", "train.log_every=1",
-]
+# On top of the tiny run config (conftest.TINY): log every step, no mid-run evals or checkpoints.
+FAST = ["--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", "train.log_every=1"]
 
 
 def free_port() -> int:
@@ -72,14 +69,13 @@ def last_train_values(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Demo corpus, `nanoforge metrics serve` over a runs folder, and Prometheus scraping it every second."""
+def stack(tmp_path_factory, tiny_tokenizer_run):
+    """`nanoforge metrics serve` over a runs folder, and Prometheus scraping it every second."""
     prometheus = require_binary("prometheus")
     root = tmp_path_factory.mktemp("prom")
-    env = {**os.environ, "NANOFORGE_HOME": str(root / "home"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("NANOFORGE_RUN_ID", None)
     env.pop("SLURM_JOB_ID", None)
-    nanoforge("data", "build-demo", "--size-mb", "3", env=env, timeout=300)
     runs = root / "runs"
     runs.mkdir()
     targets = root / "prometheus" / "targets"
@@ -120,7 +116,7 @@ def stack(tmp_path_factory):
             assert prom.poll() is None and time.time() < deadline, (root / "prometheus.log").read_text()[-2000:]
             time.sleep(0.3)
     try:
-        yield {"env": env, "runs": runs, "prom_url": prom_url}
+        yield {"env": env, "runs": runs, "prom_url": prom_url, "template": tiny_tokenizer_run}
     finally:
         for proc in (prom, serve):
             proc.terminate()
@@ -132,9 +128,9 @@ def stack(tmp_path_factory):
 
 
 def new_run(stack, name: str) -> Path:
+    """A run directory named `name` (its run_id) holding the session's trained tiny tokenizer and config."""
     run_dir = stack["runs"] / name
-    nanoforge("tokenizer", "train", "--run-dir", str(run_dir), "--preset", "demo", *FAST_DEMO, env=stack["env"],
-              timeout=300)
+    shutil.copytree(stack["template"], run_dir)
     return run_dir
 
 
@@ -142,7 +138,7 @@ def test_prometheus_scrapes_a_training_run_over_http(stack):
     run_dir = new_run(stack, "http-run")
     log = open(run_dir / "train.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanoforge", "base", "--run-dir", str(run_dir), *FAST_DEMO,
+        [sys.executable, "-m", "nanoforge", "base", "--run-dir", str(run_dir), *FAST,
          "--set", "train.num_iterations=100000", "--set", "metrics.prometheus=http", "--set", "metrics.http_port=0"],
         env=stack["env"], stdout=log, stderr=subprocess.STDOUT)
 
@@ -172,7 +168,7 @@ def test_prometheus_scrapes_a_training_run_over_http(stack):
 
 def test_prometheus_scrapes_textfile_runs_through_metrics_serve(stack):
     run_dir = new_run(stack, "textfile-run")
-    nanoforge("base", "--run-dir", str(run_dir), *FAST_DEMO, "--set", "train.num_iterations=4",
+    nanoforge("base", "--run-dir", str(run_dir), *FAST, "--set", "train.num_iterations=4",
               "--set", "metrics.prometheus=textfile", "--set", "metrics.push_every_seconds=1",
               env=stack["env"], timeout=600)
     logged = last_train_values(run_dir)
@@ -201,3 +197,43 @@ def test_prometheus_scrapes_textfile_runs_through_metrics_serve(stack):
                                   "GPU memory (rank 0)", "Validation bits per byte"):
                 assert result, f"dashboard panel {panel['title']!r} shows nothing: {expr}"
                 assert all(math.isfinite(float(r["value"][1])) for r in result)
+
+
+def test_fab_metrics_up_starts_exporter_and_prometheus_on_the_login_node(local_cluster):
+    """`fab metrics-up --prometheus` over real SSH to the local cluster's login node, then `fab metrics-down`."""
+    from local_cluster import fab, unique_run
+    from test_metrics import TRAIN_VALUES, make_sink, parse_prom, sample
+
+    run_dir = local_cluster.run_dir(unique_run("metrics-fab"))
+    sink, _ = make_sink(run_dir, "metrics.push_every_seconds=0")
+    sink.log(3, TRAIN_VALUES)
+    sink.close()
+    port, prom_port = free_port(), free_port()
+    up = ["metrics-up", "--profile", "local", "--port", str(port), "--prometheus", "--prometheus-port", str(prom_port)]
+    try:
+        first = fab(*up, timeout=180)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "exporter started" in first.stdout and "prometheus started" in first.stdout
+        again = fab(*up, timeout=180)  # idempotent: nothing is started twice
+        assert "exporter already running" in again.stdout and "prometheus already running" in again.stdout
+
+        samples = parse_prom(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        assert sample(samples, "nanoforge_step", run_id=run_dir.name) == 3
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        deadline = time.time() + 30
+        while True:  # the uploaded config points Prometheus at the exporter fab started
+            targets = json.load(urllib.request.urlopen(f"{prom_url}/api/v1/targets", timeout=5))["data"]
+            urls = [t["scrapeUrl"] for t in targets["activeTargets"]]
+            if f"http://127.0.0.1:{port}/metrics" in urls or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert f"http://127.0.0.1:{port}/metrics" in urls
+        rules = json.load(urllib.request.urlopen(f"{prom_url}/api/v1/rules", timeout=5))["data"]["groups"]
+        assert "NanoforgeNoProgress" in [r["name"] for g in rules for r in g["rules"]]
+    finally:
+        down = fab("metrics-down", "--profile", "local", timeout=120)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert "prometheus: stopped" in down.stdout and "metrics-serve: stopped" in down.stdout, down.stdout + down.stderr
+    for p in (port, prom_port):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{p}/", timeout=2)
