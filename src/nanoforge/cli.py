@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "nanoforge.cluster.container_commands",
     "nanoforge.cluster.commands",
     "nanoforge.eval.commands",
+    "nanoforge.report.commands",
 ]
 
 

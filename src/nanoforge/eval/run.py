@@ -216,6 +216,7 @@ def run_eval(run_dir: Path, stage: str, options: EvalOptions, force: bool = Fals
                 "max_items_per_task": options.max_items,
                 "tasks_requested": options.tasks,
                 "elapsed_seconds": time.time() - started,
+                "finished_at": time.time(),
                 **results,
             }
             if d.is_main:
