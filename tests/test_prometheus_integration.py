@@ -237,3 +237,43 @@ def test_fab_metrics_up_starts_exporter_and_prometheus_on_the_login_node(local_c
     for p in (port, prom_port):
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{p}/", timeout=2)
+
+
+def test_pushgateway_mode_pushes_to_a_real_pushgateway_and_survives_one_that_is_down(tmp_path, capfd):
+    from test_metrics import TRAIN_VALUES, make_sink, parse_prom, sample
+
+    gateway = require_binary("prometheus-pushgateway")
+    port = free_port()
+    proc = subprocess.Popen([gateway, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/-/ready", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "pushgateway did not start"
+                time.sleep(0.2)
+        sink, _ = make_sink(tmp_path / "pushed-run", "metrics.prometheus=pushgateway",
+                            f"metrics.pushgateway_url={url}", "metrics.push_every_seconds=0")
+        sink.log(7, TRAIN_VALUES)
+        sink.log_eval(7, {"val_bpb": 1.5})
+        sink.close()
+        samples = parse_prom(urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode())
+        assert sample(samples, "nanoforge_step", run_id="pushed-run", stage="base", job="nanoforge") == 7
+        assert sample(samples, "nanoforge_tokens_per_second", run_id="pushed-run") == TRAIN_VALUES["tokens_per_second"]
+        assert sample(samples, "nanoforge_val_bpb", run_id="pushed-run") == 1.5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    # the gateway is gone now: training goes on, with one warning instead of one per step
+    capfd.readouterr()
+    sink, _ = make_sink(tmp_path / "orphan-run", "metrics.prometheus=pushgateway", f"metrics.pushgateway_url={url}",
+                        "metrics.push_every_seconds=0")
+    for step in range(5):
+        sink.log(step, TRAIN_VALUES)
+    sink.close()
+    assert capfd.readouterr().err.count("warning: push to") == 1
