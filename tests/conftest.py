@@ -96,3 +96,17 @@ def tiny_run(tiny_tokenizer_run, tmp_path):
         return dest
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tiny_tokenizer_run, tiny_data_dir, tmp_path_factory) -> Path:
+    """A run with a finished 20-step TINY base stage, trained once per session. Read-only for tests: copy it
+    (shutil.copytree) before writing into it."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(tiny_tokenizer_run, run_dir)
+    nanoforge("base", "--run-dir", str(run_dir),
+              *tiny_overrides(tiny_data_dir, "train.num_iterations=20", "train.eval_every=5",
+                              "train.save_every=10"))
+    return run_dir
