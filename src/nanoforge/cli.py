@@ -14,12 +14,14 @@ from nanoforge.errors import UserError
 COMMAND_MODULES = [
     "nanoforge.config_commands",
     "nanoforge.train.commands",
+    "nanoforge.train.pipeline",
     "nanoforge.data.commands",
     "nanoforge.data.staging_commands",
     "nanoforge.tokenizer.commands",
     "nanoforge.metrics.commands",
     "nanoforge.cluster.container_commands",
     "nanoforge.cluster.commands",
+    "nanoforge.serve.commands",
     "nanoforge.eval.commands",
     "nanoforge.report.commands",
 ]
