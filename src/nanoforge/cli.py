@@ -21,7 +21,6 @@ COMMAND_MODULES = [
     "nanoforge.metrics.commands",
     "nanoforge.cluster.container_commands",
     "nanoforge.cluster.commands",
-    "nanoforge.serve.commands",
     "nanoforge.eval.commands",
     "nanoforge.report.commands",
 ]
