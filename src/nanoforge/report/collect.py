@@ -10,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from nanoforge.errors import UserError
-from nanoforge.metrics.jsonl import read_events
 from nanoforge.train import checkpoint as ckpt
 
 STAGES = ("base", "mid", "sft")
@@ -28,6 +27,7 @@ class StageRecord:
     evals: list[dict] = field(default_factory=list)
     texts: list[dict] = field(default_factory=list)
     results: dict | None = None  # eval/<stage>.json
+    skipped_metric_lines: int = 0
 
     @property
     def elapsed_seconds(self) -> float:
@@ -62,13 +62,23 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it may be damaged") from None
 
 
-def _events(path: Path) -> list[dict]:
+def _events(path: Path) -> tuple[list[dict], int]:
+    """The events of a metrics file and how many incomplete lines were skipped: a process killed mid-write can
+    leave a partial last line, which must not make the run unreportable; damage anywhere else is an error."""
     if not path.exists():
-        return []
-    try:
-        return read_events(path)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno} is not valid JSON; the metrics file is damaged") from None
+        return [], 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    events, skipped = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise UserError(f"{path}: line {number} is not valid JSON; the metrics file is damaged") from None
+            skipped += 1
+    return events, skipped
 
 
 def collect(run_dir: Path) -> RunRecord:
@@ -91,7 +101,7 @@ def collect(run_dir: Path) -> RunRecord:
             "elapsed_seconds": meta.get("elapsed_seconds", 0.0)}
         attempts = provenance.get("stages", {}).get(name, {}).get("attempts", [])
         world = meta.get("world_size") or (attempts[-1].get("world_size") if attempts else 1) or 1
-        events = _events(run_dir / "metrics" / f"{name}.jsonl")
+        events, skipped = _events(run_dir / "metrics" / f"{name}.jsonl")
         results_path = run_dir / "eval" / f"{name}.json"
         stages.append(StageRecord(
             name=name,
@@ -104,6 +114,7 @@ def collect(run_dir: Path) -> RunRecord:
             evals=[e for e in events if e.get("kind") == "eval"],
             texts=[e for e in events if e.get("kind") == "text"],
             results=_read_json(results_path) if results_path.exists() else None,
+            skipped_metric_lines=skipped,
         ))
     return RunRecord(run_dir, config, provenance, stages)
 

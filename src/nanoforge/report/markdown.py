@@ -146,6 +146,9 @@ def stage_section(stage: StageRecord, plots: list[tuple[str, str]]) -> list[str]
                if e["values"].get("tokens_per_second") is not None]
         lines.append(f"- final training loss: {fmt_number(last.get('loss'))}"
                      + (f", mean throughput {sum(tps) / len(tps):,.0f} tokens/s" if tps else ""))
+    if stage.skipped_metric_lines:
+        lines.append(f"- metrics: skipped an incomplete last line of metrics/{stage.name}.jsonl "
+                     "(the process was stopped while writing it)")
     if stage.evals:
         last_eval = stage.evals[-1]
         values = ", ".join(f"{k} {fmt_number(v)}" for k, v in last_eval["values"].items())
