@@ -67,9 +67,10 @@ def test_one_node_script_for_ptolemy(mail_env):
     preflight = [l for l in base.splitlines() if "nanoforge preflight" in l]
     assert len(preflight) == 1 and f"--run-dir {run_dir} --stage base" in preflight[0]
     assert "--nv" not in preflight[0]
-    # The tokenizer needs no GPU and runs the plain command (no torchrun).
+    # The tokenizer needs no GPU and runs one plain process (no torchrun), still behind the USR1 forwarder.
     tok = scripts["tokenizer"]
-    assert "--gres" not in tok and "nanoforge tokenizer train --run-dir" in tok and "launch" not in tok
+    assert "--gres" not in tok and "torchrun" not in tok and "--standalone" not in tok
+    assert "python -m nanoforge.cluster.launch --single -- nanoforge tokenizer train --run-dir" in tok
 
 
 def test_two_node_script_uses_srun_and_c10d_rendezvous():

@@ -134,10 +134,11 @@ def plan_time(profile: Profile, cfg: RunConfig, stage: str, nodes: int) -> Stage
 
 def stage_argv(stage: str, run_dir: Path, job: StageJob) -> list[str]:
     command = ["nanoforge", *STAGE_COMMANDS[stage], "--run-dir", str(run_dir)]
-    if stage not in DISTRIBUTED_STAGES:
-        return command
-    # torchrun's arguments, through nanoforge.cluster.launch (keeps the workers' exit code, forwards USR1).
+    # nanoforge.cluster.launch: torchrun that keeps the workers' exit code and hands USR1 to each worker once
+    # it can take it (and the same for one plain process with --single).
     launcher = ["python", "-m", "nanoforge.cluster.launch"]
+    if stage not in DISTRIBUTED_STAGES:
+        return launcher + ["--single", "--", *command]
     if job.nodes == 1:
         launcher += ["--standalone", "--nproc_per_node=${GPUS}"]
     else:
