@@ -11,6 +11,7 @@ and under torchrun. Rank 0 writes the results (atomically) and finally the DONE 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -42,10 +43,21 @@ def eval_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "eval"
 
 
+def _finite(value):
+    """NaN (nothing measured) becomes null, so every reader can parse the file as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
