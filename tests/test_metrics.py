@@ -114,7 +114,8 @@ def test_sink_writes_jsonl_and_textfile_with_run_labels(tmp_path, monkeypatch):
     assert sample(samples, "nanoforge_tokens_per_second", **labels) == 12345.0
     assert sample(samples, "nanoforge_mfu_ratio", **labels) == 0.123
     assert sample(samples, "nanoforge_step", **labels) == 121
-    assert sample(samples, "nanoforge_total_steps", **labels) == 400  # the demo preset's length
+    total = make_config("demo").train.num_iterations
+    assert sample(samples, "nanoforge_total_steps", **labels) == total  # the demo preset's length
     assert sample(samples, "nanoforge_tokens_total", **labels) == 991232  # a counter of the running total
     assert sample(samples, "nanoforge_step_seconds_count", **labels) == 2
     assert sample(samples, "nanoforge_gpu_memory_bytes", **labels) == 1.2e9
@@ -123,9 +124,9 @@ def test_sink_writes_jsonl_and_textfile_with_run_labels(tmp_path, monkeypatch):
     assert time.time() - sample(samples, "nanoforge_last_step_timestamp_seconds", **labels) < 60
 
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("step 120/400 | loss 4.1234")
-    assert lines[2] == "step 121/400 | eval | val_bpb 1.2500 | hellaswag 0.3000"
-    assert lines[3:] == ["step 121/400 | sample:", "The capital of France is"]
+    assert lines[0].startswith(f"step 120/{total} | loss 4.1234")
+    assert lines[2] == f"step 121/{total} | eval | val_bpb 1.2500 | hellaswag 0.3000"
+    assert lines[3:] == [f"step 121/{total} | sample:", "The capital of France is"]
 
 
 def test_run_id_and_restart_come_from_the_environment_when_set(tmp_path, monkeypatch):

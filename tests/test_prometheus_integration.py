@@ -184,6 +184,11 @@ def test_prometheus_scrapes_textfile_runs_through_metrics_serve(stack):
     assert float(tps[0]["value"][1]) == logged[-1]["tokens_per_second"]
     assert float(loss[0]["value"][1]) == logged[-1]["loss"]
     assert wait_for_query(prom, 'nanoforge_val_bpb{run_id="textfile-run"}', 10), "the final evaluation is missing"
+    # the counter and the histogram survive the round trip through the textfile and `metrics serve`
+    tokens = query(prom, 'nanoforge_tokens_total{run_id="textfile-run"}')
+    assert float(tokens[0]["value"][1]) == logged[-1]["tokens_total"]
+    steps_timed = query(prom, 'nanoforge_step_seconds_count{run_id="textfile-run"}')
+    assert float(steps_timed[0]["value"][1]) == 4
     staleness = wait_for_query(prom, 'nanoforge_metrics_staleness_seconds{run_id="textfile-run",stage="base"}', 10)
     assert 0 <= float(staleness[0]["value"][1]) < 600
 
