@@ -121,7 +121,8 @@ def serve(runs_dir: Path, host: str, port: int, file_sd: Path | None = None, fil
     """Serve until `stop` is set (or forever). `ready(port)` is called once the socket listens."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise UserError(f"runs folder {runs_dir} does not exist; pass the folder that holds your run directories")
+        raise UserError(f"runs folder {runs_dir} does not exist or is not a folder; pass the folder that holds "
+                        "your run directories")
     if file_sd is not None and not Path(file_sd).parent.is_dir():
         raise UserError(f"--file-sd {file_sd}: folder {Path(file_sd).parent} does not exist; create it first")
     registry = CollectorRegistry()
