@@ -17,7 +17,7 @@ apt_packages=(git)
 # python3 and venv may come from elsewhere (pyenv, a module system): only ask apt when they are really absent.
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3 python3-venv python3-dev)
 if (( dev )); then
-  apt_packages+=(slurm-wlm munge openssh-server prometheus chromium shellcheck procps psmisc)
+  apt_packages+=(slurm-wlm munge openssh-server prometheus prometheus-pushgateway chromium shellcheck procps psmisc)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
