@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "nanoforge.metrics.commands",
     "nanoforge.cluster.container_commands",
     "nanoforge.cluster.commands",
+    "nanoforge.serve.commands",
     "nanoforge.eval.commands",
     "nanoforge.report.commands",
 ]
