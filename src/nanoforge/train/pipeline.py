@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nanoforge.errors import EXIT_STOPPED
+
 # (name, command words, DONE marker relative to the run dir or None when the command decides itself)
 PIPELINE = (
     ("tokenizer", ("tokenizer", "train"), "tokenizer/DONE"),
@@ -33,7 +35,7 @@ PIPELINE = (
 @dataclass
 class StageRecord:
     stage: str
-    status: str  # ran | done earlier | not available | failed
+    status: str  # ran | done earlier | not available | stopped (exit 75, resumable) | failed
     seconds: float | None = None
     exit_code: int | None = None
 
@@ -170,7 +172,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
             print(f"== {name}: {' '.join(['nanoforge', *argv[3:]])}", flush=True)
             start = time.time()
             code = forwarder.run(argv)
-            records.append(StageRecord(name, "ran" if code == 0 else "failed", time.time() - start, code))
+            status = "ran" if code == 0 else "stopped" if code == EXIT_STOPPED else "failed"
+            records.append(StageRecord(name, status, time.time() - start, code))
             if code != 0:
                 exit_code = code
                 break
@@ -182,7 +185,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print_table(records, total)
     if exit_code:
         failed = records[-1].stage
-        how = "it was stopped and checkpointed" if exit_code == 75 else f"it exited with {exit_code}"
+        how = "it was stopped and checkpointed" if exit_code == EXIT_STOPPED else f"it exited with {exit_code}"
         print(f"\nthe pipeline stopped at '{failed}': {how}. Run the same command again to resume.", flush=True)
         return exit_code
     print(f"\nTalk to the model:\n  nanoforge chat --run-dir {run_dir}\n  nanoforge web --run-dir {run_dir}"
