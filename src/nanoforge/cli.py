@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "nanoforge.serve.commands",
     "nanoforge.eval.commands",
     "nanoforge.report.commands",
+    "nanoforge.workflows.commands",
 ]
 
 
