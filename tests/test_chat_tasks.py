@@ -176,5 +176,37 @@ def test_engine_generation_on_a_trained_model(trained_tiny_run, tok, dist):
     prompt = [run_tok.bos_id] + run_tok.encode("Hello")
     first, second = generate(prompt, 8), generate(prompt, 8)
     assert first == second and len(first) <= 8  # greedy: deterministic
-    result = evaluate_chat_task("gsm8k", items, model, run_tok, dist, cfg.model.sequence_len, generate)
-    assert result["items"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+    result = evaluate_chat_task("gsm8k", items[:1], model, run_tok, dist, cfg.model.sequence_len, generate)
+    assert result["items"] == 1 and result["accuracy"] in (0.0, 1.0)
+
+
+
+def test_chat_stage_evaluation_reads_staged_datasets_and_reports_the_rest(trained_tiny_run, tmp_path, dist):
+    """Two datasets staged in the upstream parquet layout, three not: the staged ones are loaded by the real
+    loaders and scored (HumanEval through the engine and the sandbox), the others are named as not staged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nanoforge.config import make_config
+    from nanoforge.eval.run import EvalOptions, evaluate_chat
+
+    chat = tmp_path / "data" / "chat"
+    (chat / "arc-easy").mkdir(parents=True)
+    (chat / "humaneval").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([
+        {"id": f"q{i}", "question": q, "choices": {"text": c, "label": ["A", "B", "C", "D"]}, "answerKey": a}
+        for i, (q, c, a) in enumerate([("Which is a fruit?", ["apple", "stone", "cloud", "shoe"], "A"),
+                                       ("Which can fly?", ["fish", "rock", "worm", "bird"], "D"),
+                                       ("Which is cold?", ["fire", "sun", "ice", "oven"], "C")])]),
+        chat / "arc-easy" / "test.parquet")
+    pq.write_table(pa.Table.from_pylist([{"task_id": "HumanEval/0", **HUMANEVAL_ITEM,
+                                          "canonical_solution": "    return math.hypot(a, b)\n"}]),
+                   chat / "humaneval" / "test.parquet")
+    model, cfg, _ = load_model(trained_tiny_run, "base")
+    cfg = make_config(None, [f"data.data_dir={tmp_path / 'data'}"], base=cfg.to_dict())
+    out = evaluate_chat(model, load_tokenizer(trained_tiny_run), cfg, dist, EvalOptions(), show_progress=False)
+    assert sorted(out["tasks"]) == ["arc-easy", "humaneval"]
+    assert out["tasks"]["arc-easy"]["items"] == 3 and out["tasks"]["humaneval"]["items"] == 1
+    assert out["not_staged"] == ["arc-challenge", "mmlu", "gsm8k"] and "nanoforge stage" in out["not_staged_note"]
+    expected = (out["tasks"]["arc-easy"]["centered"] + out["tasks"]["humaneval"]["centered"]) / 2
+    assert out["chatcore"] == pytest.approx(expected) and out["measured"] == ["arc-easy", "humaneval"]

@@ -25,7 +25,7 @@ from nanoforge.train import checkpoint as ckpt
 from nanoforge.train.distributed import Dist, barrier
 
 STAGES = ("base", "mid", "sft")
-DEMO_ITEM_CAP = 30  # per task on the demo preset on a CPU: CORE over the bundle in a minute or two
+DEMO_ITEM_CAP = 10  # per task, demo preset on a CPU: ~0.35 CPU-s per item at demo size, CORE in about a minute
 
 
 @dataclass
