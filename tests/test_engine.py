@@ -167,6 +167,8 @@ def test_max_tokens_and_stop_reason(tiny_tokenizer_run):
     assert len(out[0]) == 3 and engine.finish_reason == "length"
     out = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=100))
     assert tok.decode(out[0]) == "one two three four five six" and engine.finish_reason == "stop"
+    out = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    assert len(out[0]) == 12 and engine.finish_reason == "length"
 
 
 def test_chat_session_keeps_the_conversation(tiny_tokenizer_run):

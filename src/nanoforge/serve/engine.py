@@ -35,6 +35,7 @@ class SamplingParams:
     max_tokens: int = 256
     seed: int | None = None
     num_samples: int = 1
+    ignore_eos: bool = False  # keep going past end of turn (benchmarks: a fixed number of tokens per request)
 
     def validate(self) -> None:
         if not 0 <= self.temperature <= 10:
@@ -160,7 +161,7 @@ class Engine:
                     next_ids.append(token)
                     if row.done:
                         continue
-                    if not forced and token in self.stop_ids:
+                    if not forced and token in self.stop_ids and not params.ignore_eos:
                         row.done, row.finish_reason = True, "stop"
                         continue
                     produced.append(Token(i, token, forced))

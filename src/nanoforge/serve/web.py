@@ -106,6 +106,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1)
     stream_options: dict | None = None
+    ignore_eos: bool = False  # extension (as in vLLM): generate exactly max_tokens, for benchmarks
 
 
 def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
@@ -181,7 +182,8 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                            f"{pool.max_context}", param="messages", code="context_length_exceeded")
         temperature = 0.6 if req.temperature is None else req.temperature
         params = SamplingParams(temperature=temperature, top_k=req.top_k, top_p=req.top_p,
-                                max_tokens=max_tokens, seed=req.seed, num_samples=req.n)
+                                max_tokens=max_tokens, seed=req.seed, num_samples=req.n,
+                                ignore_eos=req.ignore_eos)
         return prompt, params
 
     def chunk(cid: str, delta: dict, finish_reason: str | None = None) -> str:
