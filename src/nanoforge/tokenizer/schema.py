@@ -206,6 +206,12 @@ class SchemaTokenizer:
 
         return allowed_mask(state)
 
+    def finishing_next(self, state: DecodeState) -> np.ndarray:
+        """The allowed tokens that head for the end of the document (for a sampler out of length budget)."""
+        from nanoforge.workflows.constrain import finishing_mask
+
+        return finishing_mask(state)
+
     def token_name(self, token: int) -> str:
         return self.codec.token_name(token)
 

@@ -95,6 +95,21 @@ class _Automaton:
         self.alphabet = fsm.alphabet
         self.other = fsm.alphabet[anything_else] if anything_else in fsm.alphabet else None
         self.live = {state for state in fsm.states if fsm.islive(state)}
+        # characters still needed to reach a match from each state (reverse breadth-first search)
+        reverse: dict = {}
+        for source, moves in fsm.map.items():
+            for target in moves.values():
+                reverse.setdefault(target, set()).add(source)
+        self.distance = {state: 0 for state in fsm.finals}
+        frontier = list(fsm.finals)
+        while frontier:
+            nxt = []
+            for state in frontier:
+                for source in reverse.get(state, ()):
+                    if source not in self.distance:
+                        self.distance[source] = self.distance[state] + 1
+                        nxt.append(source)
+            frontier = nxt
 
     def advance(self, state, text: str):
         for char in text:
@@ -105,7 +120,7 @@ class _Automaton:
         return state
 
 
-class StringConstraint:
+class StringConstraint:  # noqa: D101 (docstring below)
     """Viability of a growing string: every group needs one pattern that can still match."""
 
     def __init__(self, groups: list[list[str]]):
@@ -121,6 +136,15 @@ class StringConstraint:
 
     def start(self):
         return tuple(tuple(a.initial if a is not None else "any" for a in group) for group in self.groups)
+
+    def distance(self, state) -> int:
+        """Characters still needed (at least) before every group can match."""
+        total = 0
+        for group, states in zip(self.groups, state):
+            best = min((a.distance.get(s, 10 ** 6) if a is not None else 0)
+                       for a, s in zip(group, states) if s is not None)
+            total += best
+        return total
 
     def advance(self, state, text: str):
         out = []
@@ -213,6 +237,28 @@ class Masks:
             mask[STR_END] = True
         if not buf:
             mask |= self.literal_mask(("lit",) + tuple(key), accept)
+        return mask
+
+    def closer_bpe(self, key, groups, buf: bytes) -> np.ndarray | None:
+        """BPE tokens that bring a pattern-constrained string closer to matching (None: no patterns)."""
+        constraint = self.constraint(key[:2], groups)
+        split = _utf8_split(bytes(buf))
+        if constraint is None or split is None or split[1]:
+            return None
+        state = constraint.advance(constraint.start(), split[0])
+        if state is None:
+            return None
+        cache_key = ("closer", key[:2], state)
+        mask = self._bpe_masks.get(cache_key)
+        if mask is None:
+            now = constraint.distance(state)
+            mask = np.zeros(self.n_bpe, dtype=bool)
+            for index, text in enumerate(self.token_text):
+                if text is not None:
+                    after = constraint.advance(state, text)
+                    if after is not None and constraint.distance(after) < now:
+                        mask[index] = True
+            self._bpe_masks[cache_key] = mask
         return mask
 
     def literal_mask(self, key, accept) -> np.ndarray:
@@ -520,3 +566,32 @@ def _value_frame_mask(codec: Codec, frame: _Value) -> np.ndarray:
                 mask[token] = True
         masks._static[key] = mask
     return mask.copy()
+
+
+def finishing_mask(state: DecodeState) -> np.ndarray:
+    """Among the allowed tokens, those that head for the end of the document: a closing token (or EOS) when
+    one is allowed; inside a string that must match a pattern, the tokens that bring it closer to a match;
+    else one-token values (literals, true/false/null); else all allowed tokens. A sampler that has run out of
+    length budget masks with this instead of `allowed_mask` to finish the document it has started."""
+    allowed = allowed_mask(state)
+    codec = state.codec
+    closers = np.zeros_like(allowed)
+    closers[[STR_END, OBJ_END, ARR_END, EOS]] = True
+    closers &= allowed
+    if closers.any():
+        return closers
+    frame = state.stack[-1] if state.stack else None
+    if isinstance(frame, _String) and not frame.generic and frame.role != "key":
+        key, groups, _ = _value_string_rules(codec, frame.node, frame.variant, frame.role)
+        closer = _masks(codec).closer_bpe(key, groups, frame.buf)
+        if closer is not None:
+            toward = np.zeros_like(allowed)
+            toward[codec.bpe_base:] = closer
+            toward &= allowed
+            if toward.any():
+                return toward
+    one_token = np.zeros_like(allowed)
+    one_token[[TRUE, FALSE, NULL]] = True
+    one_token[LITERAL_BASE:codec.bpe_base] = True
+    one_token &= allowed
+    return one_token if one_token.any() else allowed
