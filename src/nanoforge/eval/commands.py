@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                    help="only these: bpb, CORE task labels (e.g. arc_easy copa), chat tasks (arc-easy "
                         "arc-challenge mmlu gsm8k humaneval)")
     p.add_argument("--eval-bundle", metavar="PATH",
-                   help="CORE eval bundle folder (core.yaml + eval_data/); default <data_dir>/eval_bundle")
+                   help="CORE eval bundle folder (core.yaml + eval_data/); default $NANOFORGE_EVAL_BUNDLE, else "
+                        "<data_dir>/eval_bundle")
     p.add_argument("--seed", type=int, default=1234, help="seed for item subsets and few-shot examples")
     p.add_argument("--force", action="store_true", help="evaluate again even if eval/DONE lists the stage")
     p.set_defaults(handler=_eval)

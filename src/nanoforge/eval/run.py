@@ -73,8 +73,17 @@ def stages_to_evaluate(run_dir: Path, requested: str) -> list[str]:
     return [requested]
 
 
+BUNDLE_ENV = "NANOFORGE_EVAL_BUNDLE"
+
+
 def bundle_path(cfg, options: EvalOptions) -> Path:
-    return Path(options.eval_bundle) if options.eval_bundle else cfg.data_dir() / "eval_bundle"
+    """--eval-bundle, else $NANOFORGE_EVAL_BUNDLE (lets `nanoforge pipeline` runs use a local copy), else the
+    staged <data_dir>/eval_bundle."""
+    if options.eval_bundle:
+        return Path(options.eval_bundle)
+    if os.environ.get(BUNDLE_ENV):
+        return Path(os.environ[BUNDLE_ENV])
+    return cfg.data_dir() / "eval_bundle"
 
 
 def known_task_names(cfg, options: EvalOptions) -> set[str]:
@@ -102,7 +111,8 @@ def evaluate_base(model, tok, cfg, d: Dist, options: EvalOptions) -> dict:
     if options.tasks is not None and not core_tasks:
         return out
     if not (bundle / "core.yaml").exists():
-        out["core_note"] = f"CORE not measured: no eval bundle at {bundle} (stage it with: nanoforge stage)"
+        out["core_note"] = (f"CORE not measured: no eval bundle at {bundle} (stage it with: nanoforge stage, or "
+                            f"point --eval-bundle or ${BUNDLE_ENV} at a copy)")
         return out
     from nanoforge.eval.core import evaluate_core, load_bundle
 

@@ -119,7 +119,7 @@ def summary_table(record: RunRecord) -> list[str]:
             notes.append(f"{s.name}: {r['core_note']}.")
         if r.get("not_staged_note"):
             notes.append(f"{s.name}: {r['not_staged_note']}.")
-        if r.get("max_items_per_task"):
+        if r.get("max_items_per_task") and ((r.get("core") or {}).get("tasks") or r.get("tasks")):
             notes.append(f"{s.name}: at most {r['max_items_per_task']} items per task were scored.")
     if not any(s.results for s in stages):
         notes.append(f"No evaluation results yet; run: nanoforge eval --run-dir {record.run_dir}")
@@ -172,29 +172,28 @@ def results_lines(stage: StageRecord) -> list[str]:
     r = stage.results
     if not r:
         return ["", "Not evaluated yet."]
-    lines = ["", f"Evaluation ({fmt_duration(r.get('elapsed_seconds', 0))}, checkpoint step {r.get('step')}):", ""]
+    body: list[str] = []
     core = r.get("core")
     if core:
-        lines += ["| CORE task | kind | shots | items | accuracy | centered |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        body += ["", "| CORE task | kind | shots | items | accuracy | centered |",
+                 "| --- | --- | ---: | ---: | ---: | ---: |"]
         for label, t in core["tasks"].items():
-            lines.append(f"| {label} | {t['kind']} | {t['shots']} | {t['items']} | {fmt_number(t['accuracy'])} | "
-                         f"{fmt_number(t['centered'])} |")
-        lines.append(f"| **CORE** | | | | | **{fmt_number(core['core'])}** |")
+            body.append(f"| {label} | {t['kind']} | {t['shots']} | {t['items']} | {fmt_number(t['accuracy'])} | "
+                        f"{fmt_number(t['centered'])} |")
+        body.append(f"| **CORE** | | | | | **{fmt_number(core['core'])}** |")
         if core.get("missing"):
-            lines += ["", f"Missing from the bundle: {', '.join(core['missing'])}."]
-    tasks = r.get("tasks")
-    if tasks:
-        lines += ["| chat task | items | accuracy | centered |", "| --- | ---: | ---: | ---: |"]
-        for name, t in tasks.items():
-            lines.append(f"| {name} | {t['items']} | {fmt_number(t['accuracy'])} | {fmt_number(t['centered'])} |")
-        lines.append(f"| **ChatCORE** | | | **{fmt_number(r.get('chatcore'))}** |")
+            body += ["", f"Missing from the bundle: {', '.join(core['missing'])}."]
+    if r.get("tasks"):
+        body += ["", "| chat task | items | accuracy | centered |", "| --- | ---: | ---: | ---: |"]
+        for name, t in r["tasks"].items():
+            body.append(f"| {name} | {t['items']} | {fmt_number(t['accuracy'])} | {fmt_number(t['centered'])} |")
+        body.append(f"| **ChatCORE** | | | **{fmt_number(r.get('chatcore'))}** |")
     if r.get("val_bpb") is not None:
-        lines += ["", f"Validation bits per byte: {fmt_number(r['val_bpb'])}"]
+        body += ["", f"Validation bits per byte: {fmt_number(r['val_bpb'])}"]
     for key in ("core_note", "not_staged_note"):
         if r.get(key):
-            lines += ["", r[key] + "."]
-    return lines
+            body += ["", r[key] + "."]
+    return ["", f"Evaluation ({fmt_duration(r.get('elapsed_seconds', 0))}, checkpoint step {r.get('step')}):"] + body
 
 
 def render(record: RunRecord, plots: dict[str, list[tuple[str, str]]]) -> str:

@@ -9,6 +9,9 @@ from pathlib import Path
 from nanoforge.report.collect import StageRecord, series
 
 
+TITLES = {"val_bpb": "validation bits per byte", "val_loss": "validation loss"}
+
+
 def _metric_figure(stage: StageRecord, events: list[dict], key: str, title: str, path: Path) -> bool:
     import matplotlib
 
@@ -48,7 +51,7 @@ def stage_plots(stage: StageRecord, out_dir: Path) -> list[tuple[str, str]]:
     keys = sorted({k for e in stage.evals for k, v in e.get("values", {}).items() if v is not None})
     for key in keys:
         name = f"{stage.name}_{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png"
-        title = "validation bits per byte" if key == "val_bpb" else key
+        title = TITLES.get(key, key)
         if _metric_figure(stage, stage.evals, key, title, out_dir / name):
             written.append((f"{stage.name}: {title}", name))
     return written
