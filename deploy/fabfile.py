@@ -270,10 +270,14 @@ def fetch_report(c, profile="", run="", dest=""):
     print(f"report of run {name} -> {target / 'report'}")
 
 
-@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "stage": "checkpoint to talk to (default: the newest)"})
-def chat(c, profile="", run="", stage=""):
+@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "stage": "checkpoint to talk to: base, mid or sft "
+            "(default: the newest)", "prompt": "ask one question and print the answer (no interactive session)"})
+def chat(c, profile="", run="", stage="", prompt=""):
     """Talk to the run's model in the terminal (runs on the login node, on its CPU or GPU)."""
     prof = _profile(profile)
     conn = _connect(c, prof, "login")
     argv = ["nanoforge", "chat", "--run-dir", str(prof.run_dir(_run_name(run)))] + (["--stage", stage] if stage else [])
-    conn.run(_in_runtime(prof, argv), pty=True, warn=True)
+    if prompt:
+        _run(conn, _in_runtime(prof, argv + ["--prompt", prompt]))
+    else:
+        conn.run(_in_runtime(prof, argv), pty=True, warn=True)

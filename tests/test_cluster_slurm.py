@@ -109,6 +109,10 @@ def test_fab_stage_data_submit_run_trains_with_two_processes(local_cluster):
     assert ids["base"] in lines["base"] and "COMPLETED" in lines["base"]
     assert "step 8/8" in lines["base"] and "val_bpb" in lines["base"]
 
+    # The trained model answers through `fab chat` (one-shot), run by the profile's runtime on the login host.
+    chat = fab("chat", "--profile", "local", "--run", run, "--stage", "base", "--prompt", "The capital of France is")
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stdout + chat.stderr
+
     # Resubmitting skips the finished stages and queues nothing.
     again = nanoforge_cli("submit", "--profile", "local", "--run-name", run, "--stages", "tokenizer,base")
     assert again.returncode == 0 and "nothing to submit" in again.stdout
