@@ -28,7 +28,8 @@ class ChatSlot:
         self.loop, self.max_tokens, self.buffer_size = loop, max_tokens, buffer_size
         position = (state or {}).get("position", {"epoch": 0, "index": slot})
         self.epoch, self.index = position["epoch"], position["index"]
-        self.buffer: list[tuple[list[int], list[int]]] = [(list(i), list(m)) for i, m in (state or {}).get("buffer", [])]
+        saved = (state or {}).get("buffer", [])
+        self.buffer: list[tuple[list[int], list[int]]] = [(list(i), list(m)) for i, m in saved]
         self.skipped = 0
 
     def next_conversation(self) -> tuple[list[int], list[int]] | None:

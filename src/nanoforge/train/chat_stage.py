@@ -46,6 +46,7 @@ def stage_config(cfg: RunConfig, name: str, num_iterations: int) -> RunConfig:
     t.warmup_steps = 0
     t.warmdown_ratio = sc.warmdown_ratio
     t.eval_every, t.eval_tokens, t.save_every = sc.eval_every, sc.eval_tokens, sc.save_every
+    t.sample_every = num_iterations if t.sample_every else 0  # replies before and after the stage
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ class StageRecord:
     status: str  # ran | done earlier | not available | stopped (exit 75, resumable) | failed
     seconds: float | None = None
     exit_code: int | None = None
+    cpu_seconds: float | None = None  # user + system time of the stage's processes: the load-independent cost
 
 
 def register(subparsers) -> None:
@@ -95,6 +97,11 @@ class Forwarder:
             signal.signal(sig, handler)
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ensure_demo_corpus(cfg, forwarder: Forwarder) -> StageRecord | None:
     """Build the demo corpus if this run trains on it and it is not there yet."""
     if cfg.data.corpus != "demo":
@@ -103,16 +110,18 @@ def ensure_demo_corpus(cfg, forwarder: Forwarder) -> StageRecord | None:
     if any(out.glob("shard_*.parquet")):
         return None
     print(f"== demo corpus: building {out}", flush=True)
-    start = time.time()
+    start, cpu = time.time(), children_cpu_seconds()
     code = forwarder.run([sys.executable, "-m", "nanoforge", "data", "build-demo", "--out", str(out)])
-    return StageRecord("demo corpus", "ran" if code == 0 else "failed", time.time() - start, code)
+    return StageRecord("demo corpus", "ran" if code == 0 else "failed", time.time() - start, code,
+                       children_cpu_seconds() - cpu)
 
 
 def print_table(records: list[StageRecord], total: float) -> None:
-    print("\nstage         status            wall time")
+    print("\nstage         status              wall time    CPU time")
     for r in records:
-        secs = f"{r.seconds:8.1f} s" if r.seconds is not None else "       -  "
-        print(f"{r.stage:<13} {r.status:<17} {secs}")
+        wall = f"{r.seconds:8.1f} s" if r.seconds is not None else "       -  "
+        cpu = f"{r.cpu_seconds:8.1f} s" if r.cpu_seconds is not None else ""
+        print(f"{r.stage:<13} {r.status:<17} {wall}  {cpu}")
     print(f"{'total':<13} {'':<17} {total:8.1f} s  (this invocation)", flush=True)
 
 
@@ -125,11 +134,11 @@ def write_record(run_dir: Path, records: list[StageRecord], total: float, exit_c
     os.replace(tmp, path)
 
 
-def previous_seconds(run_dir: Path) -> dict[str, float]:
-    """Wall times measured by an earlier invocation, kept for stages that are done now."""
+def earlier_records(run_dir: Path) -> dict[str, dict]:
+    """Times measured by an earlier invocation (the one that finished a stage), kept for stages done now."""
     try:
         data = json.loads((run_dir / "pipeline.json").read_text())
-        return {s["stage"]: s["seconds"] for s in data["stages"] if s.get("seconds") is not None}
+        return {s["stage"]: s for s in data["stages"] if s.get("seconds") is not None}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -146,7 +155,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from nanoforge.cli import build_parser
 
     root = build_parser()
-    earlier = previous_seconds(run_dir)
+    earlier = earlier_records(run_dir)
     records: list[StageRecord] = []
     forwarder = Forwarder()
     started = time.time()
@@ -158,7 +167,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
             exit_code = corpus.exit_code or 0
         for name, words, marker in PIPELINE if exit_code == 0 else ():
             if marker and (run_dir / marker).exists():
-                records.append(StageRecord(name, "done earlier", earlier.get(name)))
+                before = earlier.get(name, {})
+                records.append(StageRecord(name, "done earlier", before.get("seconds"),
+                                           cpu_seconds=before.get("cpu_seconds")))
                 continue
             parser = command_parser(root, words)
             if parser is None:
@@ -170,10 +181,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
             if takes_config(parser):
                 argv += config_args
             print(f"== {name}: {' '.join(['nanoforge', *argv[3:]])}", flush=True)
-            start = time.time()
+            start, cpu = time.time(), children_cpu_seconds()
             code = forwarder.run(argv)
             status = "ran" if code == 0 else "stopped" if code == EXIT_STOPPED else "failed"
-            records.append(StageRecord(name, status, time.time() - start, code))
+            records.append(StageRecord(name, status, time.time() - start, code, children_cpu_seconds() - cpu))
             if code != 0:
                 exit_code = code
                 break
