@@ -264,3 +264,17 @@ def test_eval_rejects_bad_input_with_one_line(trained_tiny_run, shared_data, tmp
                      str(shared_data / "eval_bundle"), "--tasks", "no_such_task", check=False)
     assert proc.returncode == 2 and "no_such_task" in proc.stderr
     assert not (trained_tiny_run / "eval").exists()
+
+
+def test_damaged_bundle_items_are_named_with_file_and_line(tmp_path):
+    from nanoforge.errors import UserError
+    from nanoforge.eval.core import load_items
+
+    good = {"query": "Q?", "choices": ["a", "b"], "gold": 1}
+    for bad, message in [({"query": "Q?", "choices": ["a", "b"]}, "needs 'gold'"),
+                         ({**good, "gold": 2}, "'gold' is not the index"),
+                         ("{not json", "not valid JSON")]:
+        path = tmp_path / "t.jsonl"
+        path.write_text(json.dumps(good) + "\n" + (bad if isinstance(bad, str) else json.dumps(bad)) + "\n")
+        with pytest.raises(UserError, match=rf"t.jsonl:2: .*{message}"):
+            load_items(CoreTask("t", "multiple_choice", path, 0, " ", 0.5))

@@ -112,6 +112,13 @@ def load_bundle(bundle: Path) -> tuple[list[CoreTask], list[str]]:
     return present, missing
 
 
+REQUIRED_FIELDS = {
+    "multiple_choice": {"query": str, "choices": list, "gold": int},
+    "schema": {"context_options": list, "continuation": str, "gold": int},
+    "language_modeling": {"context": str, "continuation": str},
+}
+
+
 def load_items(task: CoreTask) -> list[dict]:
     items = []
     with open(task.dataset, encoding="utf-8") as f:
@@ -119,9 +126,17 @@ def load_items(task: CoreTask) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{task.dataset}:{n}: not valid JSON ({exc.msg}); re-stage the eval bundle") from None
+            for name, kind in REQUIRED_FIELDS[task.kind].items():
+                if not isinstance(item.get(name) if isinstance(item, dict) else None, kind):
+                    raise UserError(f"{task.dataset}:{n}: a {task.kind} item needs '{name}' "
+                                    f"({kind.__name__}); re-stage the eval bundle")
+            options = item.get("choices") or item.get("context_options")
+            if options is not None and not (options and 0 <= item["gold"] < len(options)):
+                raise UserError(f"{task.dataset}:{n}: 'gold' is not the index of one of the options")
+            items.append(item)
     return items
 
 
