@@ -172,7 +172,7 @@ PRESETS: dict[str, dict] = {
     "demo": {
         "model": {"depth": 4, "head_dim": 64, "vocab_size": 4096, "sequence_len": 256},
         "train": {
-            "device_batch_size": 16,
+            "device_batch_size": 8,  # 4096 tokens split over 1 or 2 ranks (the local cluster's 2 fake GPUs)
             "total_batch_size": 4096,
             "num_iterations": 250,
             "eval_every": 50,
