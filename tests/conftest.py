@@ -110,3 +110,11 @@ def trained_tiny_run(tiny_tokenizer_run, tiny_data_dir, tmp_path_factory) -> Pat
               *tiny_overrides(tiny_data_dir, "train.num_iterations=20", "train.eval_every=5",
                               "train.save_every=10"))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """The real local SLURM + sshd + HTTP cluster (scripts/local-cluster up, idempotent); see tests/local_cluster.py."""
+    from local_cluster import start_local_cluster
+
+    return start_local_cluster()

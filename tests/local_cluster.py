@@ -1,7 +1,5 @@
-"""The real local test cluster (scripts/local-cluster up) as a pytest fixture, and helpers for SLURM tests.
-
-Test modules import `local_cluster` from here; `up` is idempotent, so a second module's fixture only checks
-that everything still runs. In CI (CI=true) a cluster that cannot start fails the tests instead of skipping.
+"""The real local test cluster (scripts/local-cluster up) behind conftest's `local_cluster` session fixture,
+and helpers for SLURM tests. In CI (CI=true) a cluster that cannot start fails the tests instead of skipping.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from conftest import REPO, missing_infrastructure
 
@@ -48,8 +44,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def local_cluster() -> LocalCluster:
+def start_local_cluster() -> LocalCluster:
+    """Behind conftest's session fixture `local_cluster`."""
     if os.geteuid() != 0:
         missing_infrastructure("root (the local cluster's daemons and apt need it)")
     try:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY
-from local_cluster import fab, local_cluster, nanoforge_cli, scontrol_job, unique_run, wait_job  # noqa: F401
+from local_cluster import fab, nanoforge_cli, scontrol_job, unique_run, wait_job
 
 # The tiny model of conftest.TINY, without its data_dir: jobs read <scratch>/data like a real run does.
 TINY_SETS = [item for item in TINY]
