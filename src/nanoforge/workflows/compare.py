@@ -111,7 +111,7 @@ def run_compare(texts: dict[str, str], tokenizer=None, vocab_size: int = 8192, s
         raise UserError("none of the documents parses as YAML or JSON")
     result = {"vocab_size": tokenizer.vocab_size, "documents": len(counts), "all": compare_table(counts)}
     if holdout > 0 and len(counts) >= 5:
-        train_names, val_names = split_documents(list(texts), 1.0 - holdout, seed)
+        train_names, val_names = split_documents([d.name for d in counts], 1.0 - holdout, seed)
         held = SchemaTokenizer.train((texts[n] for n in train_names), schema_doc, vocab_size)
         held_counts = count_documents({n: texts[n] for n in val_names}, held, encodings)
         if held_counts:
