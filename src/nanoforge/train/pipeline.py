@@ -86,7 +86,8 @@ class Forwarder:
         try:
             while True:
                 try:
-                    return self.child.wait()
+                    code = self.child.wait()
+                    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
                 except KeyboardInterrupt:  # Ctrl-C reaches the stage too (same process group); wait for it
                     continue
         finally:
