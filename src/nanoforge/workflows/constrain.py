@@ -6,8 +6,8 @@ token (OBJ_END, ARR_END, STR_END, an enum literal) only when the value it closes
 present, exactly one of a `oneOf` of required lists, dependencies met, `not: {required: [...]}` respected,
 minItems/minLength/minProperties reached, patterns matched (prefixes are kept matchable with the `regex`
 module's partial matching), strings complete UTF-8. A node that uses more than that (`check_on_close`) has each
-finished value checked with jsonschema. Keys that an `if/then` retypes (a workflow_dispatch input's `default`)
-are never proposed: their type would depend on a sibling.
+finished value checked with jsonschema. A key that an `if {P: const C} then` retypes (a workflow_dispatch
+input's `default`) is only proposed before P; P's value is then limited to those whose `then` agrees.
 
 Masks that depend only on the grammar (a node's first tokens, a variant's literal values) are cached on the
 codec; string masks are cached by (constraint, bytes so far), so a sampler pays a regex scan over the BPE
@@ -364,7 +364,9 @@ def _choices_satisfied(variant: Variant, keys) -> int:
 def _key_allowed(variant: Variant, present, key: str, depth: int = 0) -> bool:
     if key in present:
         return False
-    if key in variant.conditional_keys:
+    if key in variant.conditional_keys and any(prop in present for prop, _, _ in variant.conditionals):
+        # an if/then retypes this key once its discriminator is known: only allowed before it (the
+        # discriminator's value is then chosen to agree, see _conditional_filter)
         return False
     if variant.child(key) is None and (key in variant.declared_set or not variant.free_key_ok(key)):
         return False
@@ -526,11 +528,14 @@ def allowed_mask(state: DecodeState) -> np.ndarray:
         return mask
     frame = state.stack[-1]
     if isinstance(frame, _Value):
-        return _value_frame_mask(codec, frame)
+        mask = _value_frame_mask(codec, frame)
+        literals = {token: value for token, (_, value) in frame.plan.literal_starts.items()}
+        return _conditional_filter(codec, state, mask, literals)
     if isinstance(frame, _Generic):
         return masks.generic_start.copy()
     if isinstance(frame, _Literal):
-        return _literal_mask(codec, frame.node, frame.variant, frame.tokens).copy()
+        mask = _literal_mask(codec, frame.node, frame.variant, frame.tokens).copy()
+        return _conditional_filter(codec, state, mask, frame.tokens)
     if isinstance(frame, _String):
         if frame.generic and frame.role != "key":
             if frame.role == "number":
@@ -545,6 +550,27 @@ def allowed_mask(state: DecodeState) -> np.ndarray:
     if isinstance(frame, _Forced):  # finish_input resolved these
         return masks.empty()
     return masks.empty()
+
+
+def _conditional_filter(codec: Codec, state: DecodeState, mask: np.ndarray, literals: dict) -> np.ndarray:
+    """When the value being chosen is an if/then discriminator (a workflow_dispatch input's `type`), drop the
+    values whose `then` the keys already present would break (`default: true` rules out `type: string`)."""
+    if len(state.stack) < 2:
+        return mask
+    parent = state.stack[-2]
+    if not isinstance(parent, _Object) or parent.generic or not parent.variant.conditionals:
+        return mask
+    grammar = codec.grammar
+    for prop, value, then in parent.variant.conditionals:
+        if prop != parent.key:
+            continue
+        for token, candidate in literals.items():
+            if not mask[token] or candidate != value or type(candidate) is not type(value):
+                continue
+            for key, sub in then.get("properties", {}).items():
+                if key in parent.obj and not grammar.subschema_validator(sub).is_valid(parent.obj[key]):
+                    mask[token] = False
+    return mask
 
 
 def _value_frame_mask(codec: Codec, frame: _Value) -> np.ndarray:

@@ -319,6 +319,14 @@ class Grammar:
             self._validators[node.index] = root.evolve(schema={"allOf": list(node.schemas)})
         return self._validators[node.index]
 
+    def subschema_validator(self, schema):
+        key = ("sub", id(schema))
+        if key not in self._validators:
+            from jsonschema import Draft7Validator
+
+            self._validators[key] = Draft7Validator(self.schema).evolve(schema=schema)
+        return self._validators[key]
+
     # ----- compilation -----
     def node(self, schemas: tuple) -> Node:
         key = tuple(id(s) for s in schemas)
