@@ -185,14 +185,15 @@ PRESETS: dict[str, dict] = {
         "data": {"corpus": "demo", "tokenizer_threads": 1},
         "tokenizer": {"vocab_size": 4096, "max_chars": 20_000_000, "doc_cap": 10_000},
         "hardware": {"gpu": "cpu", "gpus_per_node": 1, "price_per_gpu_hour": 0.0},
-        "chat": {  # generated tasks only: the demo downloads nothing
+        # Generated tasks only (the demo downloads nothing); mid + sft cost about half the base stage's steps.
+        "chat": {
             "mid": {"train_tasks": "identity:500,spelling:4000,arithmetic:4000",
                     "val_tasks": "identity:40,spelling:200,arithmetic:200",
-                    "num_iterations": 100, "eval_every": 50, "eval_tokens": 32768, "save_every": 50},
+                    "num_iterations": 80, "eval_every": 40, "eval_tokens": 16384, "save_every": 40},
             "sft": {"train_tasks": "identity:300,spelling:1000,arithmetic:1000",
                     "val_tasks": "identity:40,spelling:200,arithmetic:200",
-                    "num_iterations": 60, "device_batch_size": 8, "total_batch_size": 4096,
-                    "eval_every": 30, "eval_tokens": 32768, "save_every": 30},
+                    "num_iterations": 40, "device_batch_size": 8, "total_batch_size": 4096,
+                    "eval_every": 20, "eval_tokens": 16384, "save_every": 20},
         },
     },
     "d20": {
