@@ -148,6 +148,19 @@ def test_bad_requests_get_4xx_never_500(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
+def test_client_leaving_mid_stream_frees_the_replica(server):
+    """The CPU server has one replica: if a dropped stream kept it, the next request would wait forever."""
+    url = server.url + "/v1/chat/completions"
+    long_stream = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 1000,
+                   "ignore_eos": True}
+    with httpx.stream("POST", url, json=long_stream, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 4:
+                break  # hang up after a few chunks
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+
+
 def test_web_refuses_a_busy_port_and_a_missing_run(trained_tiny_run, server, tmp_path):
     busy = nanoforge("web", "--run-dir", str(trained_tiny_run), "--port", str(server.port), check=False, timeout=120)
     assert busy.returncode == 2 and "pick another --port" in busy.stderr and "Traceback" not in busy.stderr

@@ -14,6 +14,7 @@ import json
 import queue
 import socket
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -57,17 +58,23 @@ class EnginePool:
         for engine in engines:
             self._free.put(engine)
 
-    @contextmanager
-    def acquire(self, timeout_s: float):
+    def get(self, timeout_s: float):
         try:
-            engine = self._free.get(timeout=timeout_s)
+            return self._free.get(timeout=timeout_s)
         except queue.Empty:
             raise APIError(503, "all model replicas are busy; retry later", code="server_busy",
                            kind="server_error") from None
+
+    def put(self, engine) -> None:
+        self._free.put(engine)
+
+    @contextmanager
+    def acquire(self, timeout_s: float):
+        engine = self.get(timeout_s)
         try:
             yield engine
         finally:
-            self._free.put(engine)
+            self.put(engine)
 
     @property
     def tokenizer(self):
@@ -213,8 +220,12 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
         def events():
             import codecs
 
-            # Take the replica before the first byte goes out; the lock is held while the client reads.
-            with pool.acquire(limits.queue_timeout_s) as engine:
+            try:
+                engine = pool.get(limits.queue_timeout_s)
+            except APIError as exc:  # the response has started (200): report in the stream, as OpenAI does
+                yield f"data: {json.dumps(exc.body())}\n\n"
+                return
+            try:
                 yield chunk(cid, {"role": "assistant", "content": ""})
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 count = 0
@@ -226,7 +237,10 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                 tail = decoder.decode(b"", final=True)
                 if tail:
                     yield chunk(cid, {"content": tail})
-                yield chunk(cid, {}, engine.finish_reason)
+                finish_reason = engine.finish_reason
+            finally:  # also when the client goes away mid-stream (the generator is closed at a yield)
+                pool.put(engine)
+            yield chunk(cid, {}, finish_reason)
             if include_usage:
                 usage = {"prompt_tokens": len(prompt), "completion_tokens": count,
                          "total_tokens": len(prompt) + count}
@@ -235,10 +249,39 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                 yield f"data: {json.dumps(body)}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(drive(events()), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+_END = object()
+
+
+async def drive(blocking):
+    """Advance a blocking generator in worker threads, one item at a time. However the response ends (finished,
+    failed, or cancelled because the client went away), the generator is closed once its current step is done,
+    which runs its cleanup (the replica goes back to the pool) without ever overlapping a step."""
+    from starlette.concurrency import run_in_threadpool
+
+    step_lock = threading.Lock()
+
+    def advance():
+        with step_lock:
+            return next(blocking, _END)
+
+    def close():
+        with step_lock:
+            blocking.close()
+
+    try:
+        while True:
+            item = await run_in_threadpool(advance)
+            if item is _END:
+                return
+            yield item
+    finally:
+        threading.Thread(target=close, name="close-stream", daemon=True).start()
 
 
 def engine_text(engine, ids: list[int]) -> str:
