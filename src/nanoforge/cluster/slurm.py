@@ -59,6 +59,8 @@ def done_marker(run_dir: Path, stage: str) -> Path:
         return run_dir / "tokenizer" / "DONE"
     if stage in ("base", "mid", "sft"):
         return run_dir / "checkpoints" / stage / "DONE"
+    if stage == "report":
+        return run_dir / "report" / "report.md"
     return run_dir / stage / "DONE"
 
 
@@ -269,12 +271,13 @@ def render_script(profile: Profile, cfg: RunConfig, run_name: str, run_dir: Path
 
 def plan_jobs(profile: Profile, cfg: RunConfig, run_name: str, run_dir: Path, stages: list[str], nodes: int,
               preflight: bool = True) -> tuple[list[StageJob], list[str]]:
-    """(jobs to submit, stages skipped because they are DONE)."""
+    """(jobs to submit, stages skipped because they are DONE). Once one stage is queued, every later one is
+    queued too: eval and report must see the new checkpoints (a finished training stage skips itself anyway)."""
     if nodes < 1:
         raise UserError(f"--nodes must be at least 1, got {nodes}")
     jobs, skipped = [], []
     for stage in stages:
-        if done_marker(run_dir, stage).exists():
+        if not jobs and done_marker(run_dir, stage).exists():
             skipped.append(stage)
             continue
         job = plan_time(profile, cfg, stage, nodes)
