@@ -135,5 +135,12 @@ def test_time_budget_fits_or_plans_segments():
     assert d20_two_nodes.segments == 1 and not d20_two_nodes.warnings
     assert d20_two_nodes.time_minutes < 12 * 60
     assert d20_two_nodes.time_minutes >= d20_two_nodes.estimate_hours * 60
-    # Stages without an estimate take the profile's stage_time.
+    # Stages without an estimate take the profile's stage_time: sft runs one pass over its data by default.
     assert plan_time(profile, make_config("d20"), "report", nodes=1).time_minutes == 30
+    assert plan_time(profile, make_config("d20"), "sft", nodes=1).estimate_hours is None
+    assert plan_time(profile, make_config("d20"), "sft", nodes=1).time_minutes == 120
+    # With a fixed number of steps, a chat stage is estimated like base: longer runs ask for more time.
+    short = plan_time(profile, make_config("d20", ["chat.mid.num_iterations=500"]), "mid", nodes=1)
+    longer = plan_time(profile, make_config("d20", ["chat.mid.num_iterations=5000"]), "mid", nodes=1)
+    assert 0 < short.estimate_hours < longer.estimate_hours
+    assert short.time_minutes < longer.time_minutes <= 12 * 60

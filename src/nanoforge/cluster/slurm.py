@@ -102,29 +102,47 @@ class StageJob:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_time(profile: Profile, cfg: RunConfig, stage: str, nodes: int) -> StageJob:
-    """Time limit and requeue budget for one stage: the estimate (base) or the profile's stage_time, capped at
-    the partition limit; a stage longer than the limit is planned as several segments (requeues)."""
-    from nanoforge.plan import derive_plan
+def estimate_hours(cfg: RunConfig, stage: str, gpu: str, gpus_per_node: int, nodes: int) -> float | None:
+    """Hours of compute for a training stage on this cluster's GPUs (nanoforge.plan, at the config's assumed
+    MFU); None when the stage's length is not fixed by the config (chat stages with num_iterations 0 run about
+    one pass over their data, which is only known once it is loaded)."""
+    from nanoforge.plan import derive_plan, gpu_peak_flops
 
+    # The estimate is for this cluster's GPUs, whatever the run config was written for.
+    hardware = dataclasses.replace(cfg.hardware, gpus_per_node=max(1, gpus_per_node), nodes=nodes, gpu=gpu)
+    on_cluster = dataclasses.replace(cfg, hardware=hardware)
+    world = max(1, gpus_per_node * nodes)
+    plan = derive_plan(on_cluster, world_size=world)
+    if stage == "base":
+        return plan.est_hours
+    if stage in ("mid", "sft"):
+        chat = getattr(getattr(cfg, "chat", None), stage, None)
+        if chat is None or not chat.num_iterations:
+            return None
+        tokens = chat.num_iterations * (chat.total_batch_size or plan.total_batch_size)
+        seconds = plan.flops_per_token * tokens / (world * gpu_peak_flops(gpu) * cfg.hardware.assumed_mfu)
+        return seconds / 3600
+    return None
+
+
+def plan_time(profile: Profile, cfg: RunConfig, stage: str, nodes: int) -> StageJob:
+    """Time limit and requeue budget for one stage: the estimate (training stages) or the profile's stage_time,
+    capped at the partition limit; a stage longer than the limit is planned as several segments (requeues)."""
     partition = profile.partition_for(stage)
     limit = parse_time_limit(partition.time_limit, profile.source, "time_limit")
     gpus = partition.gpus_per_node
     job_nodes = nodes if stage in DISTRIBUTED_STAGES else 1
     job = StageJob(stage, partition.name, job_nodes, gpus, limit, profile.max_requeues, None, 1)
-    if stage == "base":
-        # The estimate is for this cluster's GPUs, whatever the run config was written for.
-        hardware = dataclasses.replace(cfg.hardware, gpus_per_node=max(1, gpus), nodes=job_nodes,
-                                       gpu=partition.gpu_type or cfg.hardware.gpu)
-        on_cluster = dataclasses.replace(cfg, hardware=hardware)
-        job.estimate_hours = derive_plan(on_cluster, world_size=max(1, gpus * job_nodes)).est_hours
+    gpu = partition.gpu_type or cfg.hardware.gpu
+    job.estimate_hours = estimate_hours(cfg, stage, gpu, gpus, job_nodes) if gpus else None
+    if job.estimate_hours is not None:
         needed = math.ceil(job.estimate_hours * 60 * ESTIMATE_MARGIN) + STARTUP_MINUTES
         if needed > limit:
             usable = max(1, limit - math.ceil(profile.signal_seconds / 60) - STARTUP_MINUTES)
             job.segments = math.ceil(needed / usable)
             job.max_requeues = profile.max_requeues + job.segments - 1
             job.warnings.append(
-                f"{stage}: estimated {job.estimate_hours:.1f} h on {job_nodes}x{gpus} {hardware.gpu} exceeds "
+                f"{stage}: estimated {job.estimate_hours:.1f} h on {job_nodes}x{gpus} {gpu} exceeds "
                 f"the {partition.name} limit of {partition.time_limit}: planned as {job.segments} segments "
                 f"(requeues on the USR1 checkpoint, up to {job.max_requeues})")
         else:
