@@ -12,7 +12,7 @@ import torch.nn as nn
 from nanoforge.model.gpt import GPT, GPTConfig
 from nanoforge.model.load import load_model, load_tokenizer
 from nanoforge.serve.chat import ChatSession
-from nanoforge.serve.engine import Engine, SamplingParams, tokens_to_parts
+from nanoforge.serve.engine import Engine, SamplingParams, text_to_parts, tokens_to_parts
 from nanoforge.tokenizer.bpe import Tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
@@ -132,6 +132,9 @@ def test_calculator_output_is_inserted_during_generation(tiny_tokenizer_run):
         assert engine.finish_reason == "stop"
     text = "".join(engine.stream_text(prompt, GREEDY))
     assert text == "[python: 6*7] [output: 42]  so 42."
+    # A client sending this text back as the assistant's turn gets the same special tokens re-rendered.
+    assert text_to_parts(text) == tokens_to_parts(tok, ids)
+    assert text_to_parts("no tools here") == "no tools here"
 
 
 def test_refused_tool_call_gets_an_error_and_sandbox_is_off_by_default(tiny_tokenizer_run):

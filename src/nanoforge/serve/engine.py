@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -25,6 +26,10 @@ import torch
 
 from nanoforge.model.kv_cache import KVCache
 from nanoforge.serve import tools
+
+# How tool calls appear in streamed text (the CLI, the API, the page).
+PYTHON_OPEN, PYTHON_CLOSE, OUTPUT_OPEN, OUTPUT_CLOSE = "[python: ", "]", " [output: ", "] "
+TOOL_MARKERS = re.compile(r"\[python: (.*?)\](?: \[output: (.*?)\] )?", re.DOTALL)
 
 
 @dataclass
@@ -230,8 +235,8 @@ class Engine:
             yield tail
 
     def token_text(self, token: int, decoder) -> str:
-        markers = {self.python_start: "[python: ", self.python_end: "]",
-                   self.output_start: " [output: ", self.output_end: "] "}
+        markers = {self.python_start: PYTHON_OPEN, self.python_end: PYTHON_CLOSE,
+                   self.output_start: OUTPUT_OPEN, self.output_end: OUTPUT_CLOSE}
         if token in markers:
             return decoder.decode(b"", final=True) + markers[token]
         if token in self.special_ids:
@@ -243,6 +248,25 @@ class Engine:
         """Why the first sample of the last finished stream stopped: "stop" or "length"."""
         reasons = getattr(self, "last_finish_reasons", None)
         return reasons[0] if reasons else None
+
+
+def text_to_parts(text: str) -> list[dict] | str:
+    """The inverse of the streamed text's tool markers: an assistant reply as shown ("... [python: 6*7] [output:
+    42] ...") back into parts, so a client that sends the conversation back (the web page, an OpenAI client) has
+    its tool calls re-rendered with the special tokens the model produced. Plain text stays a string."""
+    pieces = TOOL_MARKERS.split(text)
+    if len(pieces) == 1:
+        return text
+    parts: list[dict] = []
+    for i in range(0, len(pieces) - 1, 3):
+        if pieces[i]:
+            parts.append({"type": "text", "text": pieces[i]})
+        parts.append({"type": "python", "text": pieces[i + 1]})
+        if pieces[i + 2] is not None:
+            parts.append({"type": "python_output", "text": pieces[i + 2]})
+    if pieces[-1]:
+        parts.append({"type": "text", "text": pieces[-1]})
+    return parts
 
 
 def tokens_to_parts(tokenizer, ids: list[int]) -> list[dict]:

@@ -122,7 +122,7 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from nanoforge.serve.engine import SamplingParams
+    from nanoforge.serve.engine import SamplingParams, text_to_parts
     from nanoforge.tokenizer.chat import ConversationError, render_for_completion
 
     limits = limits or Limits()
@@ -179,7 +179,9 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                            param="max_tokens")
         if req.n > limits.max_n or (req.stream and req.n != 1):
             raise APIError(400, f"n must be 1 when streaming and at most {limits.max_n} otherwise", param="n")
-        conversation = {"messages": [{"role": m.role, "content": m.text()} for m in req.messages]}
+        conversation = {"messages": [
+            {"role": m.role, "content": text_to_parts(m.text()) if m.role == "assistant" else m.text()}
+            for m in req.messages]}
         try:
             prompt = render_for_completion(pool.tokenizer, conversation)
         except ConversationError as exc:
