@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import matplotlib.image
-import pytest
 import yaml
 
 from conftest import nanoforge
