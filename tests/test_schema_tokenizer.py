@@ -12,7 +12,7 @@ from jsonschema import Draft7Validator
 
 from nanoforge.tokenizer.schema import SchemaTokenizer, default_schema_path, load_schema
 from nanoforge.workflows.canonical import DocumentError, canonical, canonical_json, parse_document
-from nanoforge.workflows.codec import ARR_END, EOS, FALLBACK, OBJ_END, STR_END, TokenDecodeError
+from nanoforge.workflows.codec import EOS, FALLBACK, OBJ_END, TokenDecodeError
 
 UNPARSEABLE_STARTERS = {"code-scanning__nowsecure.yml", "code-scanning__nowsecure-mobile-sbom.yml"}
 

@@ -41,6 +41,7 @@ SCHEMA_FILE = "schema.json"
 DEFAULT_VOCAB_SIZE = 8192
 # Share of the vocabulary for whole corpus strings (the rest after the schema's literals goes to BPE merges).
 CORPUS_LITERAL_SHARE = 0.25
+MIN_LITERAL_DOCUMENTS = 2
 # The GPT-4 split pattern with digits grouped by at most two (as nanoforge.tokenizer.bpe): merges go to words.
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -123,11 +124,15 @@ class SchemaTokenizer:
         except SchemaError as exc:
             raise UserError(f"cannot compile the schema: {exc}") from None
         counts: Counter = Counter()
+        documents: Counter = Counter()  # in how many documents each string occurs
         for text in docs:
             try:
-                _strings_of(parse_document(text), counts)
+                here: Counter = Counter()
+                _strings_of(parse_document(text), here)
             except DocumentError:
                 continue
+            counts.update(here)
+            documents.update(here.keys())
         minimum = LITERAL_BASE + len(schema_literals) + 256 + 1
         if not isinstance(vocab_size, int) or vocab_size < minimum:
             raise UserError(f"vocab size must be an integer >= {minimum} for this schema (its {len(schema_literals)} "
@@ -135,15 +140,16 @@ class SchemaTokenizer:
         literal_set = set(schema_literals)
         budget = int(vocab_size * corpus_literal_share)
         budget = min(budget, vocab_size - minimum)
-        # A whole string earns a token when it repeats; longer ones save more.
-        candidates = [(count * min(len(s), 32), s) for s, count in counts.items()
-                      if count >= 2 and s not in literal_set and 0 < len(s) <= 200]
+        # A whole string earns a token when it recurs across documents (repeats inside one document do not
+        # generalize); longer ones save more.
+        candidates = [(documents[s] * min(len(s), 32), s) for s, count in counts.items()
+                      if documents[s] >= MIN_LITERAL_DOCUMENTS and s not in literal_set and 0 < len(s) <= 200]
         candidates.sort(key=lambda pair: (-pair[0], pair[1]))
         corpus_literals = [s for _, s in candidates[:budget]]
         literals = schema_literals + corpus_literals
         literal_set.update(corpus_literals)
         bpe_size = vocab_size - LITERAL_BASE - len(literals)
-        texts = [s for s, count in counts.items() if s not in literal_set for _ in range(min(count, 64))]
+        texts = [s for s in counts for _ in range(min(documents[s], 64))]
         trainer = rustbpe.Tokenizer()
         trainer.train_from_iterator(iter(texts or [" "]), bpe_size, pattern=SPLIT_PATTERN)
         ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}

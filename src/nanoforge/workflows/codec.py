@@ -23,7 +23,6 @@ and one token's bytes per token, so arbitrary ids cost memory linear in their nu
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass, field
 
@@ -608,4 +607,3 @@ def _token_name(codec: Codec, token: int) -> str:
 
 
 Codec.token_name = _token_name
-_utf8 = codecs.getincrementaldecoder("utf-8")

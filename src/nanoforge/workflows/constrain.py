@@ -17,7 +17,6 @@ vocabulary at most once per distinct string prefix.
 from __future__ import annotations
 
 import codecs
-import re
 
 import numpy as np
 import regex
@@ -27,9 +26,9 @@ from nanoforge.workflows.codec import (ARR_END, EOS, FALSE, G_ARR, G_NUM, G_OBJ,
                                        _Generic, _Literal, _Object, _String, _Value, parse_number)
 from nanoforge.workflows.grammar import Node, Variant
 
+# Numbers the sampler may write: no exponent, bounded digits, so every one is a finite JSON number.
 _NUMBER_PARTIAL = regex.compile(r"-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,6})?")
 _INTEGER_PARTIAL = regex.compile(r"-?(?:0|[1-9][0-9]{0,14})")
-_NUMBER_CHARS = re.compile(rb"[-.0-9]+")
 _CACHE_LIMIT = 4096
 
 

@@ -276,7 +276,6 @@ class Grammar:
         self.nodes: list[Node] = []
         self._memo: dict[tuple, Node] = {}
         self._patterns: dict[str, re.Pattern] = {}
-        self._partial: dict[str, regex.Pattern] = {}
         self._validators: dict[int, object] = {}
         self.root = self.node((schema,))
 
@@ -305,10 +304,8 @@ class Grammar:
         return self._patterns[text]
 
     def partial_pattern(self, text: str):
-        """The same pattern with the `regex` module, whose `partial=True` tells whether a prefix can still match."""
-        if text not in self._partial:
-            self._partial[text] = regex.compile(text)
-        return self._partial[text]
+        """The pattern compiled with the `regex` module (its `.pattern` feeds the automata of constrain.py)."""
+        return self.pattern(text)
 
     def validator(self, node: Node):
         """A jsonschema validator for the node's conjunction, resolving $refs against the whole schema."""
