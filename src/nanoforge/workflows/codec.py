@@ -6,7 +6,8 @@ The layout of the vocabulary (ids in this order):
 How a value is written at a place whose schema node is N (docs/workflows.md has worked examples):
 - N has one variant and the value fits it: only its body. A const or a lone null costs nothing.
 - N has several variants: the value's literal token when that names the variant (an enum string, true, false,
-  null), else VARIANT_i and then the body. Array items and the root always take the marker for arrays and
+  null); a free string directly (a literal, or BPE tokens then STR_END: which free-string variant it satisfies
+  does not change how it decodes); else VARIANT_i and then the body. Array items and the root always take the marker for arrays and
   forced values (otherwise `[[]]` and `[]` would read the same).
 - The value fits no variant: FALLBACK and the value in generic JSON tokens (G_OBJ/G_ARR/G_STR/G_NUM/...).
   At the start of an array, FALLBACK FALLBACK means "the first item falls back" (a single FALLBACK there means
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoforge.workflows.canonical import canonical_number
-from nanoforge.workflows.grammar import Grammar, Node, Variant, _json_key
+from nanoforge.workflows.grammar import Grammar, Node, StringUnion, Variant, _json_key
 
 STRUCTURAL = ("PAD", "EOS", "FALLBACK", "OBJ_END", "ARR_END", "STR_END", "G_OBJ", "G_ARR", "G_STR", "G_NUM",
               "TRUE", "FALSE", "NULL")
@@ -70,6 +71,7 @@ class Plan:
     direct: Variant | None = None
     literal_starts: dict = field(default_factory=dict)  # token -> (variant index, value)
     markers: dict = field(default_factory=dict)  # token -> variant index
+    strings: StringUnion | None = None  # free-string variants: a literal, BPE or STR_END starts one directly
 
 
 def _literal_key(value):
@@ -113,7 +115,12 @@ class Codec:
         if only is not None and (position == "prop" or not (only.forced or only.kind == "array")):
             plan.direct = only
         else:
+            free = [v for v in variants if v.kind == "string" and v.enum is None]
+            if free:
+                plan.strings = StringUnion(free)
             for i, variant in enumerate(variants):
+                if plan.strings is not None and variant in free:
+                    continue
                 literal_ok = variant.kind in ("string", "boolean", "null") and (
                     variant.enum is not None or variant.kind == "null")
                 values = [None] if variant.kind == "null" else (variant.enum or [])
@@ -184,6 +191,14 @@ class Codec:
             self._generic(value, out)
             return
         plan = self.plan(node, position)
+        if plan.direct is None and plan.strings is not None and isinstance(value, str):
+            token = self.literal_ids.get(value)
+            if token is not None and token in plan.literal_starts:
+                out.append(token)  # an enum value: the same string whichever variant it names
+                return
+            if any(member.fits(value) for member in plan.strings.members):
+                self._string(value, out)
+                return
         best, best_score = None, None
         for i, variant in enumerate(node.variants):
             if plan.direct is None and VARIANT_BASE + i not in plan.markers and not any(
@@ -461,6 +476,14 @@ class DecodeState:
                 self._finish(start[1])
                 return None
             index = frame.plan.markers.get(token)
+            if index is None and frame.plan.strings is not None:
+                if LITERAL_BASE <= token < codec.bpe_base:
+                    self._finish(codec.literals[token - LITERAL_BASE])
+                    return None
+                if token == STR_END or token >= codec.bpe_base:
+                    self.stack.pop()
+                    self._push(_String(frame.node, frame.plan.strings, "value", at_start=False))
+                    return token
             if index is None:
                 raise TokenDecodeError(self._unexpected(token, "a value"))
             variant = frame.node.variants[index]

@@ -306,7 +306,7 @@ def _value_string_rules(codec: Codec, node: Node | None, variant: Variant | None
         return ("num", kind, id(variant), id(node)), _NUMBER_CONSTRAINT[kind], accept
     if variant is None:
         return ("free", None), None, lambda text: True
-    groups = [[p.pattern] for p in variant.patterns]
+    groups = variant.pattern_groups()
 
     def accept(text):
         return variant.string_ok(text) and _valid(codec, node, text)
@@ -450,20 +450,7 @@ def _start_mask(codec: Codec, node: Node | None, position: str) -> np.ndarray:
     if plan.direct is not None:
         mask = _body_start_mask(codec, node, plan.direct)
     else:
-        mask = masks.empty()
-        for token, (index, value) in plan.literal_starts.items():
-            variant = node.variants[index]
-            ok = variant.kind != "string" or variant.string_ok(value)
-            if ok and _valid(codec, node, value):
-                mask[token] = True
-        for token, index in plan.markers.items():
-            variant = node.variants[index]
-            if variant.forced:
-                value = None if variant.kind == "null" else variant.enum[0]
-                if _valid(codec, node, value):
-                    mask[token] = True
-            elif _body_start_mask(codec, node, variant).any():
-                mask[token] = True
+        mask = _multi_start_mask(codec, node, plan)
     masks._static[key] = mask
     return mask
 
@@ -577,20 +564,31 @@ def _value_frame_mask(codec: Codec, frame: _Value) -> np.ndarray:
     key = ("valueframe", frame.node.index, id(frame.plan))
     mask = masks._static.get(key)
     if mask is None:
-        mask = masks.empty()
-        for token, (index, value) in frame.plan.literal_starts.items():
-            variant = frame.node.variants[index]
-            if (variant.kind != "string" or variant.string_ok(value)) and _valid(codec, frame.node, value):
-                mask[token] = True
-        for token, index in frame.plan.markers.items():
-            variant = frame.node.variants[index]
-            if variant.forced:
-                value = None if variant.kind == "null" else variant.enum[0]
-                mask[token] = _valid(codec, frame.node, value)
-            elif _body_start_mask(codec, frame.node, variant).any():
-                mask[token] = True
+        mask = _multi_start_mask(codec, frame.node, frame.plan)
         masks._static[key] = mask
     return mask.copy()
+
+
+def _multi_start_mask(codec: Codec, node: Node, plan) -> np.ndarray:
+    """First tokens of a value at a node with several variants: literals that name a variant, free strings,
+    and the markers of variants that can produce a valid value."""
+    masks = _masks(codec)
+    mask = masks.empty()
+    for token, (index, value) in plan.literal_starts.items():
+        variant = node.variants[index]
+        if (variant.kind != "string" or variant.string_ok(value)) and _valid(codec, node, value):
+            mask[token] = True
+    if plan.strings is not None:
+        key, groups, accept = _value_string_rules(codec, node, plan.strings, "value")
+        mask |= masks.string_mask(key, b"", groups, accept)
+    for token, index in plan.markers.items():
+        variant = node.variants[index]
+        if variant.forced:
+            value = None if variant.kind == "null" else variant.enum[0]
+            mask[token] = _valid(codec, node, value)
+        elif _body_start_mask(codec, node, variant).any():
+            mask[token] = True
+    return mask
 
 
 def finishing_mask(state: DecodeState) -> np.ndarray:

@@ -213,6 +213,10 @@ class Variant:
     def string_ok(self, text: str) -> bool:
         return len(text) >= self.min_length and all(p.search(text) for p in self.patterns)
 
+    def pattern_groups(self) -> list[list[str]]:
+        """For the automata of constrained decoding: every group needs one matching pattern."""
+        return [[p.pattern] for p in self.patterns]
+
     @cached_property
     def enum_keys(self) -> dict[str, object]:
         return {_json_key(v): v for v in (self.enum or [])}
@@ -243,6 +247,29 @@ class Variant:
         if self.kind == "null":
             return True
         return self.enum is not None and len(self.enum) == 1
+
+
+class StringUnion:
+    """The free-string variants of a node with several variants, read as one: a string value there needs no
+    variant marker (which of them it satisfies does not change how it decodes)."""
+
+    kind = "string"
+    enum = None
+    integer = False
+    forced = False
+
+    def __init__(self, members: list[Variant]):
+        self.members = members
+
+    def string_ok(self, text: str) -> bool:
+        return any(m.string_ok(text) for m in self.members)
+
+    def pattern_groups(self) -> list[list[str]]:
+        if any(not m.patterns for m in self.members):
+            return []
+        # one pattern per member (the usual case) is exact; with several, the first over-approximates and
+        # string_ok still decides at the end
+        return [[m.patterns[0].pattern for m in self.members]]
 
 
 def _simple_condition(condition) -> tuple | None:
