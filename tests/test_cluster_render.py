@@ -54,6 +54,10 @@ def test_one_node_script_for_ptolemy(mail_env):
         "set -euo pipefail",
         "module load apptainer",
         "export NCCL_IB_DISABLE=0",
+        "export APPTAINERENV_PYTHONUNBUFFERED=1",  # through --cleanenv: job logs are written as they happen
+        "export APPTAINERENV_HF_HUB_OFFLINE=1",
+        "export APPTAINERENV_NANOFORGE_IMAGE_SHA256=\"$(cut -d' ' -f1 /scratch/ptolemy/users/ab123/nanoforge/images/"
+        "nanoforge.sif.sha256 2>/dev/null || true)\"",
         "trap forward_stop USR1",
         'scontrol requeue "$SLURM_JOB_ID"',
         'exit "$CODE"',
@@ -93,7 +97,7 @@ def test_local_profile_runs_on_the_host_venv():
     assert "#SBATCH --gres=gpu:2" in base and "#SBATCH --partition=gpu" in base
     assert "--account" not in base and "--mail-type" not in base
     assert f"export PATH={REPO}/.venv/bin:\"$PATH\"" in base
-    assert "apptainer" not in base
+    assert "apptainer" not in base and "APPTAINERENV" not in base
     assert "python -m nanoforge.cluster.launch --standalone \"--nproc_per_node=${GPUS}\" -m nanoforge base" in base
 
 

@@ -234,6 +234,17 @@ def render_script(profile: Profile, cfg: RunConfig, run_name: str, run_dir: Path
     if profile.container.runtime == "none" and profile.venv:
         lines.append(f"export PATH={shlex.quote(profile.venv + '/bin')}:\"$PATH\"")
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    if profile.container.runtime != "none":
+        # --cleanenv keeps only the runtime's pass-through set (SLURM_, NCCL_, NANOFORGE_, ...); the rest of ours
+        # (unbuffered output, offline hubs) goes in through the runtime's own prefix.
+        from nanoforge.cluster.runtime import passthrough_env
+
+        prefix = "APPTAINERENV_" if profile.container.runtime == "apptainer" else "SINGULARITYENV_"
+        passed = passthrough_env(env)
+        lines += [f"export {prefix}{name}={shlex.quote(value)}" for name, value in env.items() if name not in passed]
+        # provenance.json records the image's digest (`nanoforge container build` writes <sif>.sha256 next to it).
+        digest_file = shlex.quote(profile.container.image + ".sha256")
+        lines.append(f"export {prefix}NANOFORGE_IMAGE_SHA256=\"$(cut -d' ' -f1 {digest_file} 2>/dev/null || true)\"")
     lines += [
         "",
         f"RUN_DIR={shlex.quote(str(run_dir))}",
