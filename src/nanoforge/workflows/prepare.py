@@ -84,7 +84,7 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
     from tqdm import tqdm
 
     from nanoforge.tokenizer.schema import SchemaTokenizer, load_schema
-    from nanoforge.workflows.canonical import DocumentError, parse_document
+    from nanoforge.workflows.canonical import DocumentError, canonical_json, parse_document
 
     if not isinstance(context_size, int) or context_size < 2:
         raise UserError(f"--context-size must be an integer >= 2, got {context_size!r}")
@@ -95,23 +95,28 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a folder")
-    corpus = read_corpus(input_dir)
-
-    values, skipped = {}, list(corpus.unreadable)
-    for rel, text in corpus.texts.items():
+    root = Path(input_dir)
+    files = find_documents(root)
+    if not files:
+        raise UserError(f"no .yml, .yaml or .json files under {root}; pass --input DIR with workflow files")
+    # One pass reads and parses every file (YAML parsing is the slow part) and keeps only the canonical JSON
+    # text, which is compact and re-parses fast for training and tokenizing.
+    values, skipped = {}, []
+    for path in tqdm(files, desc="reading", unit="file", disable=not progress):
+        rel = path.relative_to(root).as_posix()
         try:
-            values[rel] = parse_document(text)
-        except DocumentError:
+            values[rel] = canonical_json(parse_document(path.read_text(encoding="utf-8")))
+        except (DocumentError, UnicodeDecodeError, OSError):
             skipped.append(rel)
     if not values:
-        raise UserError(f"none of the {len(corpus.files)} files under {input_dir} parses as YAML or JSON")
+        raise UserError(f"none of the {len(files)} files under {input_dir} parses as YAML or JSON")
     train_names, val_names = split_documents(list(values), train_split, seed)
 
     if tokenizer_dir is not None:
         tokenizer = SchemaTokenizer.load(tokenizer_dir)
     else:
         schema = load_schema(schema_path)
-        tokenizer = SchemaTokenizer.train((corpus.texts[n] for n in train_names), schema, vocab_size)
+        tokenizer = SchemaTokenizer.train((values[n] for n in train_names), schema, vocab_size)
 
     output.mkdir(parents=True, exist_ok=True)
     suffix = f".tmp-{os.getpid()}"
@@ -127,7 +132,7 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
             handle = open(bin_path, "wb") if fmt == "memmap" else None
             try:
                 for name in names:
-                    ids, stats = tokenizer.codec.encode_value(values[name])
+                    ids, stats = tokenizer.codec.encode_value(json.loads(values[name]))
                     ids.append(tokenizer.eos_id)
                     total_tokens += len(ids)
                     fallback_tokens += stats.fallback_tokens
@@ -182,7 +187,7 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
         "train_split": train_split,
         "shapes": shapes,
         "files": {split: f"{split}.{'pt' if fmt == 'pt' else 'bin'}" for split in ("train", "val")},
-        "counts": {"files_found": len(corpus.files), "documents": len(values), "skipped": len(skipped),
+        "counts": {"files_found": len(files), "documents": len(values), "skipped": len(skipped),
                    "tokens": total_tokens, **counts},
         "fallback_fraction": fallback_tokens / total_tokens if total_tokens else 0.0,
         "skipped_files": sorted(skipped),
