@@ -201,3 +201,22 @@ def test_chat_session_keeps_the_conversation(tiny_tokenizer_run):
     session.clear()
     "".join(session.reply("fresh"))
     assert "hello" not in tok.decode(model.prompts[-1])
+
+
+def test_sampling_filters_keep_only_the_allowed_tokens():
+    from nanoforge.serve.engine import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    generator = torch.Generator().manual_seed(0)
+
+    def counts(**kw):
+        ids = sample_next(logits, SamplingParams(temperature=1.0, **kw), generator)
+        return torch.bincount(ids, minlength=4).tolist()
+
+    assert counts(top_k=2)[2:] == [0, 0]
+    assert counts(top_p=0.7)[2:] == [0, 0]  # 0.5 + 0.3 reaches 0.7: the rest is cut
+    assert counts(top_p=0.85)[3] == 0 and counts(top_p=0.85)[2] > 0
+    assert counts(top_p=0.4) == [2000, 0, 0, 0]  # the best token always stays
+    plain = counts()
+    assert all(c > 0 for c in plain) and abs(plain[0] / 2000 - 0.5) < 0.05
+    assert sample_next(logits[:3], SamplingParams(temperature=0), None).tolist() == [0, 0, 0]
