@@ -42,6 +42,9 @@ def find_documents(input_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_corpus(input_dir: str | os.PathLike) -> Corpus:
+    # what can fail fast does, before the long reading pass
+    tokenizer = SchemaTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    schema = load_schema(schema_path) if tokenizer is None else tokenizer.schema
     root = Path(input_dir)
     files = find_documents(root)
     if not files:
@@ -95,6 +98,9 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a folder")
+    # what can fail fast does, before the long reading pass
+    tokenizer = SchemaTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    schema = load_schema(schema_path) if tokenizer is None else tokenizer.schema
     root = Path(input_dir)
     files = find_documents(root)
     if not files:
@@ -112,10 +118,7 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
         raise UserError(f"none of the {len(files)} files under {input_dir} parses as YAML or JSON")
     train_names, val_names = split_documents(list(values), train_split, seed)
 
-    if tokenizer_dir is not None:
-        tokenizer = SchemaTokenizer.load(tokenizer_dir)
-    else:
-        schema = load_schema(schema_path)
+    if tokenizer is None:
         tokenizer = SchemaTokenizer.train((values[n] for n in train_names), schema, vocab_size)
 
     output.mkdir(parents=True, exist_ok=True)
