@@ -42,9 +42,6 @@ def find_documents(input_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_corpus(input_dir: str | os.PathLike) -> Corpus:
-    # what can fail fast does, before the long reading pass
-    tokenizer = SchemaTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
-    schema = load_schema(schema_path) if tokenizer is None else tokenizer.schema
     root = Path(input_dir)
     files = find_documents(root)
     if not files:
@@ -98,6 +95,9 @@ def prepare(input_dir, output_dir, context_size: int = 512, train_split: float =
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a folder")
+    # what can fail fast does, before the long reading pass
+    tokenizer = SchemaTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    schema = load_schema(schema_path) if tokenizer is None else tokenizer.schema
     # what can fail fast does, before the long reading pass
     tokenizer = SchemaTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
     schema = load_schema(schema_path) if tokenizer is None else tokenizer.schema
