@@ -241,6 +241,9 @@ def test_slurm_time_limit_signal_triggers_checkpoint_and_requeue(local_cluster, 
     assert "#SBATCH --time=00:01:00" in (run_dir / "slurm" / "base.sbatch").read_text()
     job = job_ids(run_dir)["base"]
     try:
+        # While its jobs are queued, the run cannot be submitted a second time (two chains, one folder).
+        twice = nanoforge_cli("submit", "--profile", str(path), "--run-name", run_dir.name, "--stages", "base")
+        assert twice.returncode == 2 and f"base {job}" in twice.stderr and "runs cancel" in twice.stderr
         deadline = time.monotonic() + 150
         while int(scontrol_job(job).get("Restarts", 0)) < 1:
             assert time.monotonic() < deadline, scontrol_job(job)
@@ -249,6 +252,9 @@ def test_slurm_time_limit_signal_triggers_checkpoint_and_requeue(local_cluster, 
         assert "USR1 before the time limit" in log and "requeueing job" in log
         checkpoints = sorted((run_dir / "checkpoints" / "base").glob("step-*"))
         assert checkpoints, "no checkpoint was written on the signal"
+        cancelled = nanoforge_cli("runs", "cancel", "--profile", str(path), "--run-name", run_dir.name)
+        assert cancelled.returncode == 0 and f"base ({job})" in cancelled.stdout
+        assert wait_job(job, timeout=30)["JobState"] == "CANCELLED"
     finally:
         subprocess.run(["scancel", job])
 

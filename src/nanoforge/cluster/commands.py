@@ -112,6 +112,14 @@ def _submit(args) -> int:
     if not jobs:
         print(f"run {args.run_name}: every stage asked for is DONE ({', '.join(skipped)}); nothing to submit")
         return 0
+    queued = live_jobs(run_dir)
+    if queued:
+        from nanoforge.errors import UserError
+
+        listed = ", ".join(f"{stage} {job_id} {state}" for stage, job_id, state in queued)
+        raise UserError(f"run {args.run_name} still has jobs in the queue ({listed}); two chains would train the "
+                        f"same run folder: wait for them or `nanoforge runs cancel --profile {args.profile} "
+                        f"--run-name {args.run_name}`")
     if is_new:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -276,16 +284,30 @@ def _logs(args) -> int:
     return 0
 
 
+LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
+               "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+def live_jobs(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(stage, job id, state) of the run's jobs the scheduler still holds."""
+    from nanoforge.cluster.slurm import JOBS_FILE, job_state, read_jobs
+
+    if not (run_dir / JOBS_FILE).exists():
+        return []
+    live = []
+    for stage, entry in read_jobs(run_dir).get("stages", {}).items():
+        state = job_state(entry["job_id"]).state
+        if state in LIVE_STATES:
+            live.append((stage, entry["job_id"], state))
+    return live
+
+
 def _cancel(args) -> int:
-    from nanoforge.cluster.slurm import cancel, job_state, read_jobs
+    from nanoforge.cluster.slurm import cancel, read_jobs
 
     profile, run_dir = _open(args)
-    record = read_jobs(run_dir)
-    live = []
-    for stage, entry in record.get("stages", {}).items():
-        state = job_state(entry["job_id"]).state
-        if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "REQUEUE_HOLD"):
-            live.append((stage, entry["job_id"]))
+    read_jobs(run_dir)  # a clear error for a run that was never submitted
+    live = [(stage, job_id) for stage, job_id, _ in live_jobs(run_dir)]
     cancel([job_id for _, job_id in live])
     if live:
         print("cancelled: " + ", ".join(f"{stage} ({job_id})" for stage, job_id in live))
