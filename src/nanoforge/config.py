@@ -75,6 +75,8 @@ class DataConfig:
     tokenizer_threads: int = 4
     num_shards: int = 0  # 0: as many as the token budget needs (staging)
     mirror: str = ""  # base URL serving every staged asset (docs/data-layout.md); env NANOFORGE_MIRROR wins
+    workflows_dir: str = ""  # `nanoforge workflows prepare` output (windows + tokenizer) the workflows stage trains on
+    workflows_train_samples: int = 0  # train on only the first N windows (the overfitting check); 0: all
 
 
 @dataclass
@@ -195,6 +197,33 @@ PRESETS: dict[str, dict] = {
                     "num_iterations": 40, "device_batch_size": 8, "total_batch_size": 4096,
                     "eval_every": 20, "eval_tokens": 16384, "save_every": 20},
         },
+    },
+    # A small decoder for GitHub Actions workflows (`nanoforge workflows train`): the classic small-model recipe
+    # (AdamW, warmup then cosine to 1/10, dropout), windows of 256 schema tokens, one GPU.
+    "workflows": {
+        "model": {"depth": 6, "head_dim": 64, "n_embd": 384, "n_head": 6, "vocab_size": 8192, "sequence_len": 256,
+                  "dropout": 0.1},
+        "train": {
+            "device_batch_size": 32,
+            "total_batch_size": 32 * 256 * 4,  # 32 rows x 4 micro-steps on one GPU
+            "num_iterations": 100_000,
+            "optimizer": "adamw",
+            "adamw_lr": 3e-4,
+            "weight_decay": 0.1,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.95,
+            "grad_clip": 1.0,
+            "schedule": "cosine",
+            "warmup_steps": 2000,
+            "final_lr_frac": 0.1,  # 3e-4 -> 3e-5
+            "eval_every": 500,
+            "eval_tokens": 4_194_304,
+            "sample_every": 5000,
+            "save_every": 5000,
+            "log_every": 10,
+        },
+        "tokenizer": {"vocab_size": 8192},
+        "hardware": {"gpu": "H100", "gpus_per_node": 1},
     },
     "d20": {
         "model": {"depth": 20},
