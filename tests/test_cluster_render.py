@@ -84,7 +84,7 @@ def test_two_node_script_uses_srun_and_c10d_rendezvous():
     assert "#SBATCH --nodes=2" in base and "#SBATCH --ntasks-per-node=1" in base
     assert 'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in base
     launch = next(l for l in base.splitlines() if l.endswith(" &"))
-    assert launch.startswith("srun --ntasks-per-node=1 --kill-on-bad-exit=1 ")
+    assert launch.startswith("srun --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1 ")
     for piece in ['"--nnodes=${SLURM_NNODES}"', '"--nproc_per_node=${GPUS}"', "--rdzv-backend=c10d",
                   '"--rdzv-endpoint=${HEAD_NODE}:29500"', '"--rdzv-id=${SLURM_JOB_ID}"']:
         assert piece in launch

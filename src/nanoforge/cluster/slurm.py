@@ -225,8 +225,9 @@ def render_script(profile: Profile, cfg: RunConfig, run_name: str, run_dir: Path
     if profile.mail_user:
         lines += [f"#SBATCH --mail-type={profile.mail_type}", f"#SBATCH --mail-user={profile.mail_user}"]
     if job.estimate_hours is not None:
-        lines.append(f"# estimate: {job.estimate_hours:.2f} h on {job.nodes}x{job.gpus_per_node} "
-                     f"{profile.partition_for(stage).gpu_type or cfg.hardware.gpu} at {cfg.hardware.assumed_mfu:.0%} MFU; {job.segments} segment(s)")
+        gpu = profile.partition_for(stage).gpu_type or cfg.hardware.gpu
+        lines.append(f"# estimate: {job.estimate_hours:.2f} h on {job.nodes}x{job.gpus_per_node} {gpu} at "
+                     f"{cfg.hardware.assumed_mfu:.0%} MFU; {job.segments} segment(s)")
     lines += [f"# nanoforge stage '{stage}' of run '{run_name}' (profile {profile.name}), rendered by "
               "`nanoforge submit` (print it with --dry-run).", "set -euo pipefail", ""]
     lines += [f"module load {shlex.quote(m)}" for m in profile.modules]
@@ -266,7 +267,9 @@ def render_script(profile: Profile, cfg: RunConfig, run_name: str, run_dir: Path
                   shell_line(container_line(profile, check, gpus=False, extra_env=env)), ""]
     launch = container_line(profile, stage_argv(stage, run_dir, job), gpus=gpus, extra_env=env)
     if job.nodes > 1:
-        launch = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *launch]
+        # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): without it each task gets one CPU.
+        launch = ["srun", "--ntasks-per-node=1", f"--cpus-per-task={part.cpus_per_node}", "--kill-on-bad-exit=1",
+                  *launch]
     lines += [
         "# The stage runs in the background so this shell can take SLURM's USR1 and pass it on: the stage",
         "# writes a checkpoint and exits 75, and the job requeues itself.",
