@@ -7,6 +7,7 @@ the prompt; mid and sft models get the chat template with the conversation so fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -53,9 +54,11 @@ class ChatSession:
         self.chat_template = stage != "base"
         self.params = params
         self.messages: list[dict] = []
+        self.turns = 0
 
     def clear(self) -> None:
         self.messages = []
+        self.turns = 0
 
     def prompt_ids(self, text: str) -> list[int]:
         from nanoforge.tokenizer.chat import render_for_completion
@@ -77,7 +80,11 @@ class ChatSession:
             raise UserError("the conversation no longer fits in the model's context; type /clear to start over")
         ids: list[int] = []
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for step in self.engine.stream(prompt, self.params):
+        params = self.params
+        if params.seed is not None:  # reproducible session, but not the same draw at every turn
+            params = dataclasses.replace(params, seed=params.seed + self.turns)
+        self.turns += 1
+        for step in self.engine.stream(prompt, params):
             ids.append(step[0].id)
             piece = self.engine.token_text(step[0].id, decoder)
             if piece:
