@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from local_cluster import local_cluster  # noqa: F401  (fixture)
 from test_metrics import REPO, require_binary
 
 # On top of the tiny run config (conftest.TINY): log every step, no mid-run evals or checkpoints.
