@@ -172,11 +172,11 @@ def test_failing_stage_fails_its_job_with_its_exit_code_and_cancels_dependents(l
     assert f"stage tokenizer failed with exit code 2; log: {log}" in text
 
 
-def _tokenized_run(local_cluster, name: str, steps: int) -> Path:
+def _tokenized_run(local_cluster, name: str, steps: int, *extra: str) -> Path:
     """A run with a trained tokenizer (a real tokenizer job), ready for base."""
     proc = nanoforge_cli("submit", "--profile", "local", "--run-name", name, "--preset", "demo",
                          "--stages", "tokenizer", *set_args(f"train.num_iterations={steps}", "train.save_every=1000",
-                                                            "train.eval_every=1000"))
+                                                            "train.eval_every=1000", *extra))
     assert proc.returncode == 0, proc.stderr
     run_dir = local_cluster.run_dir(name)
     assert wait_job(job_ids(run_dir)["tokenizer"], timeout=120)["JobState"] == "COMPLETED"
@@ -265,3 +265,28 @@ def test_fab_fetch_report_before_the_report_exists_says_so(local_cluster, tmp_pa
     missing = fab("fetch-report", "--profile", "local", "--run", run, "--dest", str(tmp_path / "got"))
     assert missing.returncode == 1 and "report does not exist yet" in missing.stderr
     assert not (tmp_path / "got").exists()
+
+
+@pytest.mark.slow  # ~40 s: a tokenizer job and a base job
+def test_multi_node_launch_line_runs_through_srun_and_c10d(local_cluster, tmp_path):
+    """The --nodes N script's launch path (srun, one task per node, torchrun with c10d rendezvous at the first
+    host of the node list) run for real. The local cluster has one node, so the 2-node script is submitted with
+    --nodes=1 on the command line (sbatch options override #SBATCH lines): same srun and rendezvous code."""
+    # 1024 tokens a step split over the 4 ranks the 2-node plan expects as well as over the 2 that run.
+    run_dir = _tokenized_run(local_cluster, unique_run("nodes"), 4, "train.total_batch_size=1024")
+    proc = nanoforge_cli("submit", "--profile", "local", "--run-name", run_dir.name, "--stages", "base",
+                         "--nodes", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout.split("=====\n", 1)[1]
+    assert "#SBATCH --nodes=2" in script and "--rdzv-backend=c10d" in script
+    path = tmp_path / "base.sbatch"
+    path.write_text(script)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", str(path)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    done = wait_job(job, timeout=300)
+    log = (run_dir / "logs" / f"nf-{run_dir.name}-base-{job}.out").read_text()
+    assert done["JobState"] == "COMPLETED", log
+    attempt = json.loads((run_dir / "provenance.json").read_text())["stages"]["base"]["attempts"][-1]
+    assert attempt["world_size"] == 2 and attempt["slurm_job_id"] == job
+    assert (run_dir / "checkpoints" / "base" / "DONE").exists()
