@@ -97,6 +97,19 @@ def test_openai_client_gets_a_completion_and_a_stream(server, trained_tiny_run):
     assert len(pieces) > 1 and finish == choice.finish_reason
     assert usage.completion_tokens == completion.usage.completion_tokens
 
+    # OpenAI's `stop`: the text ends just before the first stop string, streaming or not.
+    full = choice.message.content
+    assert len(full) >= 4
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    cut = client.chat.completions.create(model=model_ids[0], messages=messages, max_tokens=10, temperature=0,
+                                         stop=[stop, "never appears \x00"])
+    assert cut.choices[0].message.content == full[: full.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed_cut = client.chat.completions.create(model=model_ids[0], messages=messages, max_tokens=10,
+                                                  temperature=0, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed_cut if c.choices) == full[: full.find(stop)]
+    assert client.models.retrieve(model_ids[0]).id == model_ids[0]
+
     # Several samples in one request share one prefill; seeded sampling is reproducible through the API.
     def sampled():
         return client.chat.completions.create(model=model_ids[0], messages=messages, max_tokens=8, n=3,
@@ -136,6 +149,7 @@ def test_bad_requests_get_4xx_never_500(server):
         "top_p zero": json.dumps({"messages": hi, "top_p": 0}).encode(),
         "n with stream": json.dumps({"messages": hi, "n": 2, "stream": True}).encode(),
         "n too large": json.dumps({"messages": hi, "n": 50}).encode(),
+        "five stop strings": json.dumps({"messages": hi, "stop": ["a", "b", "c", "d", "e"]}).encode(),
         "prompt too long": json.dumps({"messages": [{"role": "user", "content": "word " * 5000}]}).encode(),
     }
     for name, body in bad_bodies.items():

@@ -113,6 +113,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1)
     stream_options: dict | None = None
+    stop: str | list[str] | None = None
     ignore_eos: bool = False  # extension (as in vLLM): generate exactly max_tokens, for benchmarks
 
 
@@ -161,7 +162,14 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
                                             "owned_by": "nanoforge"}]}
 
-    def prepare(req: ChatRequest) -> tuple[list[int], SamplingParams]:
+    @app.get("/v1/models/{name}")
+    def model(name: str):
+        if name != model_id:
+            raise APIError(404, f"model '{name}' does not exist; this server has '{model_id}'", param="model",
+                           code="model_not_found")
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "nanoforge"}
+
+    def prepare(req: ChatRequest) -> tuple[list[int], SamplingParams, list[str]]:
         if req.model is not None and req.model != model_id:
             raise APIError(404, f"model '{req.model}' does not exist; GET /v1/models lists '{model_id}'",
                            param="model", code="model_not_found")
@@ -179,6 +187,9 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                            param="max_tokens")
         if req.n > limits.max_n or (req.stream and req.n != 1):
             raise APIError(400, f"n must be 1 when streaming and at most {limits.max_n} otherwise", param="n")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
+            raise APIError(400, "stop takes up to 4 non-empty strings of at most 200 characters", param="stop")
         conversation = {"messages": [
             {"role": m.role, "content": text_to_parts(m.text()) if m.role == "assistant" else m.text()}
             for m in req.messages]}
@@ -193,7 +204,7 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
         params = SamplingParams(temperature=temperature, top_k=req.top_k, top_p=req.top_p,
                                 max_tokens=max_tokens, seed=req.seed, num_samples=req.n,
                                 ignore_eos=req.ignore_eos)
-        return prompt, params
+        return prompt, params, stops
 
     def chunk(cid: str, delta: dict, finish_reason: str | None = None) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id,
@@ -202,13 +213,17 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
 
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest):
-        prompt, params = prepare(req)
+        prompt, params, stops = prepare(req)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if not req.stream:
             with pool.acquire(limits.queue_timeout_s) as engine:
                 samples = engine.generate(prompt, params)
                 reasons = engine.last_finish_reasons
                 texts = [engine_text(engine, ids) for ids in samples]
+            for i, text in enumerate(texts):
+                cut, stopped = StopStrings(stops).feed(text)
+                if stopped:
+                    texts[i], reasons[i] = cut, "stop"
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reasons[i]}
                        for i, text in enumerate(texts)]
             completion_tokens = sum(len(ids) for ids in samples)
@@ -230,16 +245,23 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
             try:
                 yield chunk(cid, {"role": "assistant", "content": ""})
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                count = 0
-                for step in engine.stream(prompt, params):
+                stop = StopStrings(stops)
+                count, stopped = 0, False
+                tokens = engine.stream(prompt, params)
+                for step in tokens:
                     count += 1
-                    piece = engine.token_text(step[0].id, decoder)
+                    piece, stopped = stop.feed(engine.token_text(step[0].id, decoder))
                     if piece:
                         yield chunk(cid, {"content": piece})
-                tail = decoder.decode(b"", final=True)
-                if tail:
-                    yield chunk(cid, {"content": tail})
-                finish_reason = engine.finish_reason
+                    if stopped:
+                        tokens.close()
+                        break
+                if not stopped:
+                    tail, stopped = stop.feed(decoder.decode(b"", final=True))
+                    tail += "" if stopped else stop.flush()
+                    if tail:
+                        yield chunk(cid, {"content": tail})
+                finish_reason = "stop" if stopped else engine.finish_reason
             finally:  # also when the client goes away mid-stream (the generator is closed at a yield)
                 pool.put(engine)
             yield chunk(cid, {}, finish_reason)
@@ -255,6 +277,36 @@ def create_app(pool: EnginePool, model_id: str, limits: Limits | None = None):
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+class StopStrings:
+    """OpenAI's `stop`: text ends just before the first stop string. While streaming, a tail that could be the
+    start of a stop string is held back until the next piece settles it."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.held = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(text that may be emitted now, whether a stop string was reached)."""
+        if not self.stops:
+            return piece, False
+        text = self.held + piece
+        hits = [text.find(s) for s in self.stops if s in text]
+        if hits:
+            self.held = ""
+            return text[:min(hits)], True
+        hold = 0
+        for k in range(min(max(map(len, self.stops)) - 1, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self.stops):
+                hold = k
+                break
+        self.held = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold], False
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
 
 
 _END = object()
