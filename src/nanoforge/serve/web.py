@@ -383,5 +383,5 @@ def run_web(args) -> int:
     app = create_app(EnginePool(engines), model_id, limits)
     print(f"nanoforge web: {model_id} on {', '.join(devices)}; open http://{args.host}:{args.port}/ "
           f"(API: http://{args.host}:{args.port}/v1)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
     return 0
