@@ -79,12 +79,15 @@ def test_bad_profile_and_bad_arguments_exit_2_from_the_cli(tmp_path):
         return subprocess.run([sys.executable, "-m", "nanoforge", *args], capture_output=True, text=True, cwd=tmp_path)
 
     cases = [
-        (("submit", "--profile", str(path), "--run-name", "r", "--dry-run"), "unknown key 'partitions.gpu.gpus_per_nod'"),
-        (("submit", "--profile", "no-such-cluster", "--run-name", "r", "--dry-run"), "no cluster profile 'no-such-cluster'"),
+        (("submit", "--profile", str(path), "--run-name", "r", "--dry-run"),
+         "unknown key 'partitions.gpu.gpus_per_nod'"),
+        (("submit", "--profile", "no-such-cluster", "--run-name", "r", "--dry-run"),
+         "no cluster profile 'no-such-cluster'"),
         (("submit", "--profile", "local", "--run-name", "../escape", "--dry-run"), "run name '../escape'"),
         (("submit", "--profile", "local", "--run-name", "r", "--stages", "base,pretrain", "--dry-run"),
          "unknown stage 'pretrain'"),
-        (("submit", "--profile", "local", "--run-name", "r", "--nodes", "0", "--dry-run"), "--nodes must be at least 1"),
+        (("submit", "--profile", "local", "--run-name", "r", "--nodes", "0", "--dry-run"),
+         "--nodes must be at least 1"),
         (("runs", "status", "--profile", "local", "--run-name", "never-submitted-run"), "never submitted"),
         (("submit", "--profile", "local"), "required: --run-name"),
     ]

@@ -290,7 +290,8 @@ def _validate(profile: Profile, source: str) -> None:
         raise UserError(f"profile {source}: key 'partitions.gpu.gpus_per_node' must be positive")
     for stage, kind in profile.stage_partition.items():
         if stage not in STAGE_NAMES:
-            raise UserError(f"profile {source}: key 'stage_partition.{stage}' is not a stage ({', '.join(STAGE_NAMES)})")
+            raise UserError(f"profile {source}: key 'stage_partition.{stage}' is not a stage "
+                            f"({', '.join(STAGE_NAMES)})")
         if kind not in profile.partitions:
             raise UserError(f"profile {source}: key 'stage_partition.{stage}' names no partition ('{kind}')")
     for stage, limit in profile.stage_time.items():

@@ -358,7 +358,8 @@ def submit_chain(profile: Profile, run_name: str, run_dir: Path, jobs: list[Stag
             argv.append(f"--dependency=afterok:{previous}")
         job_id = _slurm(argv + [str(path)]).stdout.strip().split(";")[0]
         submission["jobs"][job.stage] = {
-            "job_id": job_id, "script": str(path), "log": str(run_dir / "logs" / f"nf-{run_name}-{job.stage}-{job_id}.out"),
+            "job_id": job_id, "script": str(path),
+            "log": str(run_dir / "logs" / f"nf-{run_name}-{job.stage}-{job_id}.out"),
             "time_limit": format_minutes(job.time_minutes), "max_requeues": job.max_requeues,
         }
         previous = job_id
