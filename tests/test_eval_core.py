@@ -24,7 +24,8 @@ from nanoforge.train.distributed import init_distributed
 
 class NgramModel(nn.Module):
     """A lookup model: after the `order` tokens it was shown, it predicts the token that followed them (logit 12,
-    every other token 0). The sequences it prefers are exactly the ones it was given, by construction."""
+    every other token 0). The sequences it prefers are exactly the ones it was given, by construction. It has no
+    KV cache, so it is scored with share_prefix=False."""
 
     def __init__(self, vocab_size: int, order: int = 3):
         super().__init__()
@@ -123,9 +124,9 @@ def test_multiple_choice_picks_the_preferred_continuation(tok, dist, tmp_path):
     for item in MC_ITEMS:
         rendered = render_item(mc, item, [], tok, max_len=512)
         gold_seq = rendered.sequences[item["gold"]]
-        assert score_item(model_preferring(tok, [gold_seq]), mc, rendered, dist.device) is True
+        assert score_item(model_preferring(tok, [gold_seq]), mc, rendered, dist.device, share_prefix=False) is True
         wrong = (item["gold"] + 1) % len(item["choices"])
-        assert score_item(model_preferring(tok, [rendered.sequences[wrong]]), mc, rendered, dist.device) is False
+        assert score_item(model_preferring(tok, [rendered.sequences[wrong]]), mc, rendered, dist.device, share_prefix=False) is False
 
 
 def test_task_accuracy_is_exactly_one_or_zero_by_construction(tok, dist, tmp_path):
@@ -137,13 +138,13 @@ def test_task_accuracy_is_exactly_one_or_zero_by_construction(tok, dist, tmp_pat
         prompt = render_texts(mc, item, [])[0][0]
         gold_chains.append(tok.encode(prompt + item["choices"][item["gold"]])[-12:])
     model = model_preferring(tok, gold_chains)
-    result = evaluate_task(model, tok, mc, dist, max_len=24)  # 2-shot prompts are longer: cropped on the left
+    result = evaluate_task(model, tok, mc, dist, max_len=24, share_prefix=False)  # 2-shot prompts are longer: cropped on the left
     assert result["accuracy"] == 1.0 and result["items"] == 4 and result["centered"] == 1.0
 
     relabelled = [{**item, "gold": (item["gold"] + 1) % 3} for item in MC_ITEMS]
     (tmp_path / "relabelled").mkdir()
     wrong = task("multiple_choice", tmp_path / "relabelled", relabelled, shots=2, delimiter="\nAnswer: ")
-    result = evaluate_task(model, tok, wrong, dist, max_len=24)
+    result = evaluate_task(model, tok, wrong, dist, max_len=24, share_prefix=False)
     assert result["accuracy"] == 0.0 and result["centered"] == pytest.approx(-1 / 3)
 
 
@@ -156,8 +157,8 @@ def test_schema_scores_the_shared_continuation_under_each_context(tok, dist, tmp
     # the scored span is the continuation: the common suffix of both sequences
     for seq, start in zip(rendered.sequences, rendered.starts):
         assert tok.decode(seq[start:]).strip() == "was too big."
-    assert score_item(model_preferring(tok, [rendered.sequences[0]]), schema, rendered, dist.device) is True
-    assert score_item(model_preferring(tok, [rendered.sequences[1]]), schema, rendered, dist.device) is False
+    assert score_item(model_preferring(tok, [rendered.sequences[0]]), schema, rendered, dist.device, share_prefix=False) is True
+    assert score_item(model_preferring(tok, [rendered.sequences[1]]), schema, rendered, dist.device, share_prefix=False) is False
 
 
 def test_language_modeling_needs_an_exact_greedy_match(tok, dist, tmp_path):
@@ -166,11 +167,11 @@ def test_language_modeling_needs_an_exact_greedy_match(tok, dist, tmp_path):
     rendered = render_item(lm, item, [], tok, max_len=512)
     seq, start = rendered.sequences[0], rendered.starts[0]
     assert tok.decode(seq[start:]).strip() == "blue"
-    assert score_item(model_preferring(tok, [seq]), lm, rendered, dist.device) is True
+    assert score_item(model_preferring(tok, [seq]), lm, rendered, dist.device, share_prefix=False) is True
     # knowing all but the last continuation token is not enough
     partial = model_preferring(tok, [seq])
     partial.table[tuple(seq[-1 - partial.order:-1])] = {(seq[-1] + 1) % tok.vocab_size}
-    assert score_item(partial, lm, rendered, dist.device) is False
+    assert score_item(partial, lm, rendered, dist.device, share_prefix=False) is False
 
 
 def test_cropping_keeps_the_end_and_the_scored_span(tok, tmp_path):
@@ -178,9 +179,39 @@ def test_cropping_keeps_the_end_and_the_scored_span(tok, tmp_path):
     examples = MC_ITEMS[1:]
     full = render_item(mc, MC_ITEMS[0], examples, tok, max_len=10_000)
     cropped = render_item(mc, MC_ITEMS[0], examples, tok, max_len=16)
+    cut = max(len(s) for s in full.sequences) - 16
+    assert max(len(s) for s in cropped.sequences) == 16
     for f, c, fs, cs in zip(full.sequences, cropped.sequences, full.starts, cropped.starts):
-        assert len(c) == 16 and c == f[-16:]
+        assert c == f[cut:]  # the same cut for every choice keeps their shared beginning aligned
         assert c[cs:] == f[fs:]
+
+
+def test_shared_prefix_scoring_matches_scoring_each_candidate_in_full(trained_tiny_run, shared_data, dist):
+    """The KV-cache path (shared few-shot prefix computed once) gives the same logits and decisions as running
+    every candidate through the model, on real 10-shot items cropped to the model's context."""
+    from nanoforge.eval.core import MIN_SHARED_PREFIX, candidate_predictions, load_items
+    from nanoforge.model.load import load_model, load_tokenizer
+
+    model, cfg, _ = load_model(trained_tiny_run, "base")
+    run_tok = load_tokenizer(trained_tiny_run)
+    present, _ = load_bundle(shared_data / "eval_bundle")
+    cached_items = 0
+    for t in [t for t in present if t.label in ("arc_easy", "piqa", "winogrande", "commonsense_qa")]:
+        items = load_items(t)
+        for i in range(6):
+            examples = [items[j] for j in fewshot_indices(len(items), i, t.num_fewshot, 1234, t.label)]
+            r = render_item(t, items[i], examples, run_tok, cfg.model.sequence_len)
+            common = 0
+            while all(len(s) > common and s[common] == r.sequences[0][common] for s in r.sequences):
+                common += 1
+            cached_items += min(common, min(r.starts) - 1) >= MIN_SHARED_PREFIX
+            fast = candidate_predictions(model, r, dist.device, share_prefix=True)
+            slow = candidate_predictions(model, r, dist.device, share_prefix=False)
+            for (lf, tf), (ls, ts) in zip(fast, slow):
+                assert torch.equal(tf, ts)
+                torch.testing.assert_close(lf, ls, atol=2e-4, rtol=1e-4)
+            assert score_item(model, t, r, dist.device, True) == score_item(model, t, r, dist.device, False)
+    assert cached_items > 10
 
 
 def test_bundle_reports_present_and_missing_tasks(shared_data):
@@ -211,7 +242,7 @@ def test_core_over_the_real_bundle_with_a_model_that_knows_the_answers(tok, dist
             start = r.starts[r.gold] if t.kind != "language_modeling" else r.starts[0]
             model.prefer(gold[start - model.order:])
     result = evaluate_core(model, tok, bundle, dist, 64, max_items=3,
-                           tasks=["copa", "winograd", "bigbench_operators"], show_progress=False)
+                           tasks=["copa", "winograd", "bigbench_operators"], show_progress=False, share_prefix=False)
     assert result["present"] == ["copa", "winograd", "bigbench_operators"]
     assert {name: r["accuracy"] for name, r in result["tasks"].items()} == {
         "copa": 1.0, "winograd": 1.0, "bigbench_operators": 1.0}

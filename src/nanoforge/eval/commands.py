@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                    help="which stage to evaluate (default: every trained stage)")
     p.add_argument("--max-items", type=_positive, metavar="N",
                    help="score at most N items per task (a fixed random subset); the demo preset on a CPU "
-                        "defaults to 10")
+                        "defaults to 20")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="only these: bpb, CORE task labels (e.g. arc_easy copa), chat tasks (arc-easy "
                         "arc-challenge mmlu gsm8k humaneval)")

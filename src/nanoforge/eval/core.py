@@ -199,11 +199,15 @@ def render_item(task: CoreTask, item: dict, examples: list[dict], tok, max_len: 
         full = [bos] + tok.encode(context + continuation)
         start = _common_prefix([full, [bos] + tok.encode(context)])
         seqs, starts, ends = [full], [min(start, len(full) - 1)], [len(full)]
-    for i, seq in enumerate(seqs):  # crop from the left: the scored end and the nearest context matter most
-        excess = len(seq) - max_len
-        if excess > 0:
-            seqs[i] = seq[excess:]
-            starts[i], ends[i] = max(1, starts[i] - excess), ends[i] - excess
+    # Crop from the left: the scored end and the nearest context matter most. Every candidate loses the same
+    # number of tokens, so their shared beginning stays shared (scored once, see candidate_predictions), unless
+    # that would cut into a candidate's scored tokens.
+    crop = max(0, max(len(seq) for seq in seqs) - max_len)
+    for i, seq in enumerate(seqs):
+        cut = max(min(crop, starts[i] - 1), len(seq) - max_len)
+        if cut > 0:
+            seqs[i] = seq[cut:]
+            starts[i], ends[i] = max(1, starts[i] - cut), ends[i] - cut
     gold = item.get("gold", 0)
     return Rendered(seqs, starts, ends, gold)
 
@@ -211,23 +215,53 @@ def render_item(task: CoreTask, item: dict, examples: list[dict], tok, max_len: 
 # ------------------------------------------------------------------------------------------------ scoring
 
 
+MIN_SHARED_PREFIX = 16  # below this, one plain batched forward is as cheap as prefilling a cache
+
+
 @torch.no_grad()
-def score_item(model, task: CoreTask, rendered: Rendered, device: torch.device) -> bool:
+def candidate_predictions(model, rendered: Rendered, device: torch.device, share_prefix: bool = True
+                          ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each candidate: (logits predicting its scored tokens, those tokens). The candidates of an item usually
+    share a long beginning (the few-shot examples and the query); with share_prefix it runs through the model
+    once and its KV cache serves every candidate, which only adds its own tail."""
     seqs = rendered.sequences
-    width = max(len(s) for s in seqs)
+    shared = 0
+    if share_prefix and len(seqs) > 1:
+        shared = min(_common_prefix(seqs), min(rendered.starts) - 1)
+    offset = shared if shared >= MIN_SHARED_PREFIX else 0
+    tails = [s[offset:] for s in seqs]
+    width = max(len(t) for t in tails)
     ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)  # right padding: a causal model never looks at it
+    for i, t in enumerate(tails):
+        ids[i, :len(t)] = torch.tensor(t)  # right padding: a causal model never looks at it
     ids = ids.to(device)
     with autocast_for(device):
-        logits = model(ids)
-    logits = logits.float()
+        if offset:
+            from nanoforge.model.kv_cache import KVCache
+
+            prefill = KVCache.for_model(model, 1, offset)
+            model(torch.tensor([seqs[0][:offset]], device=device), kv_cache=prefill)
+            cache = KVCache.for_model(model, len(seqs), offset + width)
+            cache.k[:, :, :, :offset] = prefill.k
+            cache.v[:, :, :, :offset] = prefill.v
+            cache.position = offset
+            logits = model(ids, kv_cache=cache)
+        else:
+            logits = model(ids)
+    logits = logits.float()  # row j predicts the token at position offset + j + 1
+    out = []
+    for i, (seq, start, end) in enumerate(zip(seqs, rendered.starts, rendered.ends)):
+        targets = torch.tensor(seq[start:end], device=logits.device)
+        out.append((logits[i, start - 1 - offset:end - 1 - offset], targets))
+    return out
+
+
+def score_item(model, task: CoreTask, rendered: Rendered, device: torch.device, share_prefix: bool = True) -> bool:
+    predictions = candidate_predictions(model, rendered, device, share_prefix)
     if task.kind == "language_modeling":
-        start, end = rendered.starts[0], rendered.ends[0]
-        predicted = logits[0, start - 1:end - 1].argmax(dim=-1)
-        return bool(torch.equal(predicted, ids[0, start:end]))
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-    means = [float(losses[i, st - 1:en - 1].mean()) for i, (st, en) in enumerate(zip(rendered.starts, rendered.ends))]
+        logits, targets = predictions[0]
+        return bool(torch.equal(logits.argmax(dim=-1), targets))
+    means = [float(F.cross_entropy(logits, targets)) for logits, targets in predictions]
     return min(range(len(means)), key=means.__getitem__) == rendered.gold
 
 
@@ -245,7 +279,8 @@ def selected_indices(num_items: int, max_items: int | None, seed: int) -> list[i
 
 
 def evaluate_task(model, tok, task: CoreTask, dist: Dist, max_len: int, max_items: int | None = None,
-                  seed: int = 1234, progress: Callable[[int], None] | None = None) -> dict:
+                  seed: int = 1234, progress: Callable[[int], None] | None = None, share_prefix: bool = True
+                  ) -> dict:
     """Accuracy on one task; rank r scores items r::world, counts are summed across ranks."""
     items = load_items(task)
     chosen = selected_indices(len(items), max_items, seed)
@@ -253,7 +288,7 @@ def evaluate_task(model, tok, task: CoreTask, dist: Dist, max_len: int, max_item
     for index in chosen[dist.rank::dist.world_size]:
         examples = [items[j] for j in fewshot_indices(len(items), index, task.num_fewshot, seed, task.label)]
         rendered = render_item(task, items[index], examples, tok, max_len)
-        counts[0] += float(score_item(model, task, rendered, dist.device))
+        counts[0] += float(score_item(model, task, rendered, dist.device, share_prefix))
         counts[1] += 1
         if progress:
             progress(1)
@@ -271,8 +306,10 @@ def evaluate_task(model, tok, task: CoreTask, dist: Dist, max_len: int, max_item
 
 
 def evaluate_core(model, tok, bundle: Path, dist: Dist, max_len: int, max_items: int | None = None,
-                  tasks: list[str] | None = None, seed: int = 1234, show_progress: bool = True) -> dict:
-    """CORE over the tasks of the bundle that are present (optionally only `tasks`)."""
+                  tasks: list[str] | None = None, seed: int = 1234, show_progress: bool = True,
+                  share_prefix: bool = True) -> dict:
+    """CORE over the tasks of the bundle that are present (optionally only `tasks`). share_prefix=False scores
+    every candidate in full, for models without a KV cache."""
     present, missing = load_bundle(bundle)
     if tasks:
         unknown = sorted(set(tasks) - {t.label for t in present} - set(missing))
@@ -295,7 +332,7 @@ def evaluate_core(model, tok, bundle: Path, dist: Dist, max_len: int, max_items:
                 bar.set_postfix_str(task.label)
             # each rank reports its own items; the bar shows rank 0's share scaled to the whole
             step = (lambda n: bar.update(n * dist.world_size)) if bar else None
-            results[task.label] = evaluate_task(model, tok, task, dist, max_len, max_items, seed, step)
+            results[task.label] = evaluate_task(model, tok, task, dist, max_len, max_items, seed, step, share_prefix)
     finally:
         if bar:
             bar.close()

@@ -25,7 +25,7 @@ from nanoforge.train import checkpoint as ckpt
 from nanoforge.train.distributed import Dist, barrier
 
 STAGES = ("base", "mid", "sft")
-DEMO_ITEM_CAP = 10  # per task, demo preset on a CPU: ~0.35 CPU-s per item at demo size, CORE in about a minute
+DEMO_ITEM_CAP = 20  # per task, demo preset on a CPU: ~0.035 CPU-s per CORE item at demo size (one thread)
 
 
 @dataclass
