@@ -32,6 +32,10 @@ def register(subparsers) -> None:
     comp.add_argument("--json", dest="json_out", help="also write the numbers to this JSON file")
     comp.set_defaults(handler=_compare)
 
+    from nanoforge.workflows.model_commands import register_model_commands
+
+    register_model_commands(sub)
+
 
 def _prepare(args) -> int:
     from nanoforge.workflows.prepare import prepare, summary_lines
