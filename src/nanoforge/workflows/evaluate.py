@@ -74,7 +74,8 @@ def compare_fields(reference: dict[str, Counter], samples: dict[str, Counter]) -
     for name in FIELDS:
         ref, got = reference[name], samples[name]
         nr, ns = sum(ref.values()) or 1, sum(got.values()) or 1
-        top = [{"item": k, "val_share": ref[k] / nr, "sample_share": got[k] / ns} for k, _ in ref.most_common(TOP_ITEMS)]
+        top = [{"item": k, "val_share": ref[k] / nr, "sample_share": got[k] / ns}
+               for k, _ in ref.most_common(TOP_ITEMS)]
         out[name] = {"tvd": total_variation(ref, got), "val_count": sum(ref.values()),
                      "sample_count": sum(got.values()), "distinct_val": len(ref), "distinct_samples": len(got),
                      "top": top, "top_samples": [[k, c / ns] for k, c in got.most_common(TOP_ITEMS)]}
