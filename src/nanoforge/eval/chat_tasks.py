@@ -18,13 +18,13 @@ assistant answer) plus "letters"/"answer" (multiple choice), "answer" (GSM8K: th
 
 from __future__ import annotations
 
-import random
 import re
 from typing import Callable, Sequence
 
 import torch
 
 from nanoforge.errors import UserError
+from nanoforge.eval.core import selected_indices
 from nanoforge.tokenizer.chat import render_for_completion
 from nanoforge.train.distributed import Dist, all_reduce_sum
 
@@ -134,14 +134,6 @@ def humaneval_passes(item: dict, reply: str, timeout_s: float = 10.0) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- running
-
-
-def selected_indices(num_items: int, max_items: int | None, seed: int) -> list[int]:
-    indices = list(range(num_items))
-    if max_items is not None and max_items < num_items:
-        random.Random(seed).shuffle(indices)
-        indices = sorted(indices[:max_items])
-    return indices
 
 
 def evaluate_chat_task(name: str, items, model, tok, dist: Dist, max_len: int, generate: Generate | None,

@@ -9,7 +9,7 @@ import torch
 from nanoforge.data.loader import PackedBatches
 from nanoforge.data.shards import list_shards
 from nanoforge.errors import UserError
-from nanoforge.eval.bpb import bits_per_byte
+from nanoforge.eval.bpb import loss_and_bits_per_byte
 from nanoforge.model.gpt import GPT, GPTConfig
 from nanoforge.model.load import load_tokenizer
 from nanoforge.train.loop import RunContext, Stage
@@ -54,7 +54,7 @@ def base_stage(ctx: RunContext) -> Stage:
         val = PackedBatches([val_path], tok, batch, seq, d.rank, 1, d.world_size, d.device, loop=False,
                             threads=threads)
         try:
-            return {"val_bpb": bits_per_byte(ctx, model, val, steps, token_bytes)}
+            return loss_and_bits_per_byte(ctx, model, val, steps, token_bytes)
         finally:
             val.close()
 

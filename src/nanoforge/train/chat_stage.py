@@ -19,12 +19,12 @@ from nanoforge.config import RunConfig
 from nanoforge.data.chat_loader import ChatBatches
 from nanoforge.data.chat_tasks import build_mixture
 from nanoforge.errors import UserError
+from nanoforge.eval.bpb import loss_and_bits_per_byte
 from nanoforge.model.gpt import GPT, GPTConfig
 from nanoforge.plan import derive_plan
 from nanoforge.tokenizer.chat import ConversationError, render_conversation, render_for_completion
 from nanoforge.train import checkpoint as ckpt
 from nanoforge.train.base import load_run_tokenizer
-from nanoforge.train.distributed import all_reduce_sum
 from nanoforge.train.loop import RunContext, Stage
 
 PREVIOUS_STAGE = {"mid": "base", "sft": "mid"}
@@ -83,33 +83,6 @@ def previous_checkpoint(ctx: RunContext, name: str):
     return found[0], prev
 
 
-@torch.no_grad()
-def masked_loss_and_bpb(ctx: RunContext, model, batches, steps: int, token_bytes: torch.Tensor) -> dict[str, float]:
-    """Mean loss per trained (assistant) token, and bits per byte over the same tokens (specials carry 0 bytes
-    and so count in the loss but not in bpb)."""
-    d = ctx.dist
-    token_bytes = token_bytes.to(d.device)
-    totals = torch.zeros(4, dtype=torch.float64, device=d.device)  # nats, tokens, nats with bytes, bytes
-    for _ in range(steps):
-        try:
-            x, y = batches.next_batch(0)
-        except StopIteration:
-            break
-        with ctx.autocast():
-            loss = model(x, y, loss_reduction="none").view(-1).double()
-        flat = y.reshape(-1)
-        trained = flat >= 0
-        nbytes = torch.where(trained, token_bytes[flat.clamp(min=0)], 0).double()
-        totals += torch.stack([(loss * trained).sum(), trained.sum().double(), (loss * (nbytes > 0)).sum(),
-                               nbytes.sum()])
-    all_reduce_sum(d, totals)
-    nan = float("nan")
-    return {
-        "val_loss": float(totals[0] / totals[1]) if totals[1] > 0 else nan,
-        "val_bpb": float(totals[2] / (math.log(2) * totals[3])) if totals[3] > 0 else nan,
-    }
-
-
 def chat_stage(ctx: RunContext, name: str) -> Stage:
     cfg, d = ctx.cfg, ctx.dist
     sc = getattr(cfg.chat, name)
@@ -149,7 +122,7 @@ def chat_stage(ctx: RunContext, name: str) -> Stage:
         steps = max(1, sctx.cfg.train.eval_tokens // (batch * seq * d.world_size))
         val = ChatBatches(val_mix, tok, batch, seq, d.rank, 1, d.world_size, d.device, packing=sc.packing,
                           loop=False)
-        return masked_loss_and_bpb(sctx, model, val, steps, token_bytes)
+        return loss_and_bits_per_byte(sctx, model, val, steps, token_bytes)
 
     def sample(sctx: RunContext, model) -> dict[str, str]:
         end = tok.special_id("assistant_end")
