@@ -186,3 +186,19 @@ def test_bad_input_exits_2(tmp_path, prepared):
     assert proc.returncode == 2 and "model.sequence_len" in proc.stderr and not (tmp_path / "r").exists()
     proc = nanoforge("workflows", "sample", "--run-dir", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "no workflow tokenizer" in proc.stderr
+
+
+def test_memmap_windows_give_the_same_batches_as_pt(prepared, shared_data, tmp_path):
+    out = tmp_path / "mm"
+    code = main(["workflows", "prepare", "--input", str(shared_data / "workflows" / "starter"), "--output", str(out),
+                 "--context-size", "128", "--format", "memmap", "--tokenizer", str(prepared / "tokenizer")])
+    assert code == 0
+    mm, pt = load_windows(out, "train"), load_windows(prepared, "train")
+    assert isinstance(mm, np.memmap) and mm.shape == pt.shape
+    a, b = batches(mm, 0, 1, 1), batches(pt, 0, 1, 1)
+    for _ in range(3):
+        (xa, ya), (xb, yb) = a.next_batch(0), b.next_batch(0)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    tok = SchemaTokenizer.load(prepared / "tokenizer")
+    assert [d.ids for d in split_documents(load_windows(out, "val"), tok)] == \
+        [d.ids for d in split_documents(load_windows(prepared, "val"), tok)]
