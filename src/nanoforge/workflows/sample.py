@@ -109,6 +109,9 @@ def generate(model, tokenizer, n: int, *, constrained: bool = True, temperature:
                     finishing = len(ids[r]) >= max_tokens - margin
                     mask = tokenizer.finishing_next(states[r]) if finishing else tokenizer.allowed_next(states[r])
                     allowed[r, :vocab] = mask
+                    if not mask.any():  # the grammar promises this never happens; never let NaNs sample
+                        alive[r], broken[r] = False, "decode: no token allowed (grammar dead end)"
+                        allowed[r, pad] = True
             logits = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
             if temperature == 0:
                 chosen = logits.argmax(dim=-1)
