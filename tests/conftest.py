@@ -118,3 +118,19 @@ def local_cluster():
     from local_cluster import start_local_cluster
 
     return start_local_cluster()
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer_run):
+    """The shared tiny run's tokenizer."""
+    from nanoforge.tokenizer.bpe import Tokenizer
+
+    return Tokenizer.load(tiny_tokenizer_run / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def dist():
+    """A single-process distributed context (no process group) for evaluators that take one."""
+    from nanoforge.train.distributed import init_distributed
+
+    return init_distributed()

@@ -13,8 +13,6 @@ from nanoforge.eval.chat_tasks import (chatcore, engine_generator, evaluate_chat
                                        extract_final_number, humaneval_passes, humaneval_program,
                                        letter_token_ids, numbers_equal, score_multiple_choice)
 from nanoforge.model.load import load_model, load_tokenizer
-from nanoforge.tokenizer.bpe import Tokenizer
-from nanoforge.train.distributed import init_distributed
 
 
 class LetterModel(nn.Module):
@@ -28,16 +26,6 @@ class LetterModel(nn.Module):
 
     def forward(self, idx):
         return self.bias.expand(*idx.shape, -1).clone()
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer_run) -> Tokenizer:
-    return Tokenizer.load(tiny_tokenizer_run / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def dist():
-    return init_distributed()
 
 
 def mc_items() -> list[dict]:

@@ -18,8 +18,6 @@ import torch.nn as nn
 from conftest import nanoforge
 from nanoforge.eval.core import (CoreTask, centered, evaluate_core, evaluate_task, fewshot_indices, load_bundle,
                                  render_item, render_texts, score_item)
-from nanoforge.tokenizer.bpe import Tokenizer
-from nanoforge.train.distributed import init_distributed
 
 
 class NgramModel(nn.Module):
@@ -47,16 +45,6 @@ class NgramModel(nn.Module):
                 for nxt in self.table.get(tuple(rows[b][t - self.order + 1:t + 1]), ()):
                     logits[b, t, nxt] = 12.0
         return logits
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer_run) -> Tokenizer:
-    return Tokenizer.load(tiny_tokenizer_run / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def dist():
-    return init_distributed()
 
 
 def task(kind: str, tmp_path: Path, items: list[dict], shots: int = 0, delimiter: str = " ",
