@@ -131,7 +131,7 @@ def test_report_on_a_trained_and_evaluated_run(trained_tiny_run, shared_data, tm
     assert table_row(md, "CORE") == [f"{core:.4f}"]
     assert table_row(md, "HumanEval") == ["—"]
     pngs = sorted(p.name for p in report.parent.glob("*.png"))
-    assert pngs == ["base_loss.png", "base_val_bpb.png"]
+    assert pngs == ["base_loss.png", "base_val_bpb.png", "base_val_loss.png"]  # base evaluates loss and bpb
     for name in pngs:
         assert f"]({name})" in md
         assert_valid_png(report.parent / name)
