@@ -76,13 +76,10 @@ def fab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
+    from nanoforge.cluster.slurm import parse_scontrol_fields
+
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
-    fields = {}
-    for token in out.split():
-        if "=" in token:
-            key, value = token.split("=", 1)
-            fields.setdefault(key, value)
-    return fields
+    return parse_scontrol_fields(out)
 
 
 def wait_job(job_id: str, timeout: float, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",

@@ -398,7 +398,8 @@ class JobState:
     log: str = ""
 
 
-def _scontrol_fields(text: str) -> dict[str, str]:
+def parse_scontrol_fields(text: str) -> dict[str, str]:
+    """`scontrol show job -o` output as a dict (the first value wins for repeated keys)."""
     fields = {}
     for token in text.split():
         if "=" in token:
@@ -412,7 +413,7 @@ def job_state(job_id: str) -> JobState:
     accounting; UNKNOWN when neither knows it."""
     result = _slurm(["scontrol", "show", "job", "-o", job_id], check=False)
     if result.returncode == 0 and result.stdout.strip():
-        f = _scontrol_fields(result.stdout)
+        f = parse_scontrol_fields(result.stdout)
         code = f.get("ExitCode", "")
         return JobState(
             job_id=job_id, state=f.get("JobState", "UNKNOWN"),

@@ -37,29 +37,24 @@ def format_step(step: int, total_steps: int | None) -> str:
     return f"step {step}"
 
 
+# (value key, how it reads in the line), in line order; absent values are left out.
+TRAIN_FIELDS = [
+    ("loss", lambda x: f"loss {x:.4f}"),
+    ("lr", lambda x: f"lr {x:.1e}"),
+    ("grad_norm", lambda x: f"grad {x:.3f}"),
+    ("tokens_per_second", lambda x: f"{x:>7,.0f} tok/s"),
+    ("mfu", lambda x: f"MFU {100 * x:4.1f}%"),
+    ("step_seconds", lambda x: f"{1000 * x:>4.0f} ms/step"),
+    ("data_wait_seconds", lambda x: f"data {1000 * x:4.1f} ms"),
+    ("memory_bytes", lambda x: f"mem {format_bytes(x)}"),
+    ("eta_seconds", lambda x: f"ETA {format_duration(x)}"),
+    ("cost_usd", lambda x: f"${x:.2f}"),
+]
+
+
 def format_train_line(step: int, total_steps: int | None, values: dict[str, float]) -> str:
-    v = values
     parts = [format_step(step, total_steps)]
-    if "loss" in v:
-        parts.append(f"loss {v['loss']:.4f}")
-    if "lr" in v:
-        parts.append(f"lr {v['lr']:.1e}")
-    if "grad_norm" in v:
-        parts.append(f"grad {v['grad_norm']:.3f}")
-    if "tokens_per_second" in v:
-        parts.append(f"{v['tokens_per_second']:>7,.0f} tok/s")
-    if "mfu" in v:
-        parts.append(f"MFU {100 * v['mfu']:4.1f}%")
-    if "step_seconds" in v:
-        parts.append(f"{1000 * v['step_seconds']:>4.0f} ms/step")
-    if "data_wait_seconds" in v:
-        parts.append(f"data {1000 * v['data_wait_seconds']:4.1f} ms")
-    if "memory_bytes" in v:
-        parts.append(f"mem {format_bytes(v['memory_bytes'])}")
-    if "eta_seconds" in v:
-        parts.append(f"ETA {format_duration(v['eta_seconds'])}")
-    if "cost_usd" in v:
-        parts.append(f"${v['cost_usd']:.2f}")
+    parts += [render(values[key]) for key, render in TRAIN_FIELDS if key in values]
     return " | ".join(parts)
 
 
