@@ -4,8 +4,6 @@ agree, and a state dict that resumes exactly."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 from nanoforge import __version__
 from nanoforge.errors import UserError
+
+if TYPE_CHECKING:  # the config module is imported lazily by handlers
+    from nanoforge.config import RunConfig
 
 # One module per concern, each with `register(subparsers)`.
 COMMAND_MODULES = [
@@ -57,7 +61,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args) -> "RunConfig":  # noqa: F821
+def config_from_args(args) -> RunConfig:
     from nanoforge.config import load_yaml, make_config
 
     base = load_yaml(args.config) if getattr(args, "config", None) else None

@@ -32,6 +32,3 @@ class KVCache:
 
     def advance(self, steps: int) -> None:
         self.position += steps
-
-    def reset(self) -> None:
-        self.position = 0

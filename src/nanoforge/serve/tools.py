@@ -209,7 +209,7 @@ def _echo_last_expression(code: str) -> str:
         return code
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = tree.body[-1].value
-        tree.body[-1] = ast.parse(f"_value = None\nif _value is not None: print(_value)").body[1]
+        tree.body[-1] = ast.parse("_value = None\nif _value is not None: print(_value)").body[1]
         tree.body[-1:-1] = [ast.Assign(targets=[ast.Name("_value", ast.Store())], value=last, lineno=0)]
         ast.fix_missing_locations(tree)
         return ast.unparse(tree)
